@@ -1,0 +1,1 @@
+"""Built-in stationd plugins, written against the same hook API a third party uses."""
