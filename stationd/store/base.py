@@ -1,0 +1,144 @@
+"""The backend-neutral store interface."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from types import TracebackType
+
+from stationd.store.records import DeviceRecord, EventRecord, JobRecord
+
+
+class StoreError(Exception):
+    """The store cannot do what was asked (unknown record, broken rule, unusable database)."""
+
+
+def deep_merge(base: dict, update: dict) -> dict:
+    """A copy of base with update merged in; nested dicts merge, any other value replaces."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+class Store(ABC):
+    """Persistent devices, jobs and events; every method is one atomic transaction."""
+
+    async def __aenter__(self) -> Store:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Connect and bring the schema up to date; does nothing if already open."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Wait for running calls and disconnect; does nothing if already closed."""
+
+    @abstractmethod
+    async def upsert_device(
+        self,
+        udid: str,
+        *,
+        serial: str | None = None,
+        ecid: int | None = None,
+        facts: dict | None = None,
+        location_id: int | None = None,
+        port_label: str | None = None,
+        name: str | None = None,
+    ) -> DeviceRecord:
+        """Create the device in state "new", or update only the given fields (facts are merged)."""
+
+    @abstractmethod
+    async def get_device(self, udid: str) -> DeviceRecord | None:
+        """The device with this UDID, if known."""
+
+    @abstractmethod
+    async def find_device(
+        self, *, udid: str | None = None, serial: str | None = None, ecid: int | None = None
+    ) -> DeviceRecord | None:
+        """The first device matching the UDID, else the serial, else the ECID."""
+
+    @abstractmethod
+    async def list_devices(self) -> list[DeviceRecord]:
+        """All devices, oldest first_seen first."""
+
+    @abstractmethod
+    async def forget_device(self, udid: str, *, station_id: str) -> bool:
+        """Remove the device and its jobs, keep its events and log "device.forgotten"; False if unknown."""
+
+    @abstractmethod
+    async def open_job(self, udid: str, station_id: str) -> JobRecord:
+        """The device's unfinished job, set (back) to running on this station, or a new one."""
+
+    @abstractmethod
+    async def get_job(self, job_id: int) -> JobRecord | None:
+        """The job with this id, if any."""
+
+    @abstractmethod
+    async def jobs_for(self, udid: str) -> list[JobRecord]:
+        """The device's jobs, oldest first."""
+
+    @abstractmethod
+    async def unfinished_jobs(self, *, station_id: str | None = None) -> list[JobRecord]:
+        """Running and interrupted jobs (optionally of one station), oldest first."""
+
+    @abstractmethod
+    async def record_transition(
+        self,
+        *,
+        udid: str,
+        job_id: int,
+        station_id: str,
+        kind: str,
+        state: str,
+        step: str | None = None,
+        completed_step: str | None = None,
+        step_data: dict | None = None,
+        attempt_step: str | None = None,
+        error_code: str | None = None,
+        error_message: str | None = None,
+        job_status: str | None = None,
+        data: dict | None = None,
+    ) -> EventRecord:
+        """Persist one pipeline transition of device and job together with its event.
+
+        Sets the device's state (and step, when given) and error (cleared when error_code is
+        None, on device and job alike); adds completed_step to the job once; deep-merges
+        step_data; counts an attempt of attempt_step; sets job_status (finished_at when it
+        becomes done or failed); appends an event of `kind` carrying `data`.
+        """
+
+    @abstractmethod
+    async def mark_interrupted(self, station_id: str) -> list[JobRecord]:
+        """Turn this station's running jobs (and their devices) to interrupted, each with an event."""
+
+    @abstractmethod
+    async def add_event(
+        self,
+        kind: str,
+        *,
+        station_id: str,
+        udid: str | None = None,
+        step: str | None = None,
+        data: dict | None = None,
+        job_id: int | None = None,
+    ) -> EventRecord:
+        """Append an event; serial, location and port come from the device when it is known."""
+
+    @abstractmethod
+    async def list_events(
+        self, *, after_id: int = 0, udid: str | None = None, limit: int = 1000
+    ) -> list[EventRecord]:
+        """Events with id greater than after_id (optionally of one device), ascending by id."""

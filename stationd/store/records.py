@@ -1,0 +1,71 @@
+"""Plain records returned by every store backend."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+RUNNING = "running"
+INTERRUPTED = "interrupted"
+DONE = "done"
+FAILED = "failed"
+JOB_STATUSES = (RUNNING, DONE, FAILED, INTERRUPTED)
+UNFINISHED_STATUSES = (RUNNING, INTERRUPTED)
+FINISHED_STATUSES = (DONE, FAILED)
+
+
+@dataclass
+class DeviceRecord:
+    """One device the station has seen, with its pipeline state."""
+
+    udid: str
+    serial: str | None
+    ecid: int | None
+    facts: dict
+    state: str
+    step: str | None
+    error_code: str | None
+    error_message: str | None
+    location_id: int | None
+    port_label: str | None
+    name: str | None
+    first_seen: float
+    updated_at: float
+
+
+@dataclass
+class JobRecord:
+    """One provisioning run of one device."""
+
+    id: int
+    udid: str
+    station_id: str
+    status: str
+    completed_steps: list[str]
+    step_data: dict
+    attempts: dict[str, int]
+    started_at: float
+    finished_at: float | None
+    error_code: str | None
+    error_message: str | None
+
+    @property
+    def finished(self) -> bool:
+        """True once the job is done or failed."""
+        return self.status in FINISHED_STATUSES
+
+
+@dataclass
+class EventRecord:
+    """One entry of the append-only audit trail."""
+
+    id: int
+    ts: float
+    station_id: str
+    kind: str
+    udid: str | None
+    serial: str | None
+    location_id: int | None
+    port_label: str | None
+    step: str | None
+    data: dict
+    job_id: int | None = None

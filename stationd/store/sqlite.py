@@ -1,0 +1,586 @@
+"""SQLite store on aiosqlite: one connection, one lock, one transaction per call."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiosqlite
+
+from stationd.store.base import Store, StoreError, deep_merge
+from stationd.store.records import (
+    FINISHED_STATUSES,
+    INTERRUPTED,
+    JOB_STATUSES,
+    RUNNING,
+    UNFINISHED_STATUSES,
+    DeviceRecord,
+    EventRecord,
+    JobRecord,
+)
+
+T = TypeVar("T")
+Body = Callable[[aiosqlite.Connection], Awaitable[T]]
+
+BUSY_TIMEOUT_MS = 5000
+
+# MIGRATIONS[n] holds the statements that bring the schema from version n to n + 1.
+MIGRATIONS: list[tuple[str, ...]] = [
+    (
+        """
+        CREATE TABLE devices (
+            udid TEXT PRIMARY KEY,
+            serial TEXT,
+            ecid INTEGER,
+            facts TEXT NOT NULL DEFAULT '{}',
+            state TEXT NOT NULL,
+            step TEXT,
+            error_code TEXT,
+            error_message TEXT,
+            location_id INTEGER,
+            port_label TEXT,
+            name TEXT,
+            first_seen REAL NOT NULL,
+            updated_at REAL NOT NULL
+        )
+        """,
+        "CREATE INDEX devices_serial ON devices (serial)",
+        "CREATE INDEX devices_ecid ON devices (ecid)",
+        """
+        CREATE TABLE jobs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            udid TEXT NOT NULL REFERENCES devices (udid),
+            station_id TEXT NOT NULL,
+            status TEXT NOT NULL CHECK (status IN ('running', 'done', 'failed', 'interrupted')),
+            completed_steps TEXT NOT NULL DEFAULT '[]',
+            step_data TEXT NOT NULL DEFAULT '{}',
+            attempts TEXT NOT NULL DEFAULT '{}',
+            started_at REAL NOT NULL,
+            finished_at REAL,
+            error_code TEXT,
+            error_message TEXT
+        )
+        """,
+        "CREATE INDEX jobs_udid ON jobs (udid)",
+        """
+        CREATE UNIQUE INDEX jobs_one_unfinished_per_device ON jobs (udid)
+        WHERE status IN ('running', 'interrupted')
+        """,
+        """
+        CREATE TABLE events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            ts REAL NOT NULL,
+            station_id TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            udid TEXT,
+            serial TEXT,
+            location_id INTEGER,
+            port_label TEXT,
+            step TEXT,
+            job_id INTEGER,
+            data TEXT NOT NULL DEFAULT '{}'
+        )
+        """,
+        "CREATE INDEX events_udid ON events (udid, id)",
+    ),
+]
+
+
+class SQLiteStore(Store):
+    """Store in one SQLite file (WAL), safe for many device tasks sharing one instance."""
+
+    def __init__(self, path: str | Path, *, clock: Callable[[], float] = time.time) -> None:
+        self.path = Path(path)
+        self._clock = clock
+        self._db: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+        self._transactions: set[asyncio.Future] = set()
+
+    async def open(self) -> None:
+        if self._db is not None:
+            return
+        try:
+            _create_private_file(self.path)
+            db = await aiosqlite.connect(self.path, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open store {self.path}: {exc}") from exc
+        db.row_factory = sqlite3.Row
+        self._db = db
+        self._lock = asyncio.Lock()
+        try:
+            for pragma in (
+                "journal_mode = WAL",
+                "synchronous = NORMAL",
+                "foreign_keys = ON",
+                f"busy_timeout = {BUSY_TIMEOUT_MS}",
+            ):
+                await db.execute(f"PRAGMA {pragma}")
+            while await self._atomic(self._migrate_one_step):
+                pass
+        except BaseException as exc:
+            self._db = None
+            await db.close()
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"cannot open store {self.path}: {exc}") from exc
+            raise
+
+    async def close(self) -> None:
+        if self._db is None:
+            return
+        async with self._lock:
+            db, self._db = self._db, None
+            if db is not None:
+                await db.close()
+
+    async def upsert_device(
+        self,
+        udid: str,
+        *,
+        serial: str | None = None,
+        ecid: int | None = None,
+        facts: dict | None = None,
+        location_id: int | None = None,
+        port_label: str | None = None,
+        name: str | None = None,
+    ) -> DeviceRecord:
+        given = {
+            "serial": serial,
+            "ecid": ecid,
+            "location_id": location_id,
+            "port_label": port_label,
+            "name": name,
+        }
+
+        async def body(db: aiosqlite.Connection) -> DeviceRecord:
+            now = self._clock()
+            device = await _device(db, udid)
+            if device is None:
+                await db.execute(
+                    "INSERT INTO devices (udid, serial, ecid, facts, state, location_id,"
+                    " port_label, name, first_seen, updated_at)"
+                    " VALUES (?, ?, ?, ?, 'new', ?, ?, ?, ?, ?)",
+                    (udid, serial, ecid, _dumps(facts or {}), location_id, port_label, name, now, now),
+                )
+            else:
+                columns = {column: value for column, value in given.items() if value is not None}
+                if facts:
+                    columns["facts"] = _dumps({**device.facts, **facts})
+                columns["updated_at"] = now
+                assignments = ", ".join(f"{column} = ?" for column in columns)
+                await db.execute(
+                    f"UPDATE devices SET {assignments} WHERE udid = ?", (*columns.values(), udid)
+                )
+            return await _require_device(db, udid)
+
+        return await self._atomic(body)
+
+    async def get_device(self, udid: str) -> DeviceRecord | None:
+        return await self._atomic(lambda db: _device(db, udid), write=False)
+
+    async def find_device(
+        self, *, udid: str | None = None, serial: str | None = None, ecid: int | None = None
+    ) -> DeviceRecord | None:
+        identities = [
+            (c, v) for c, v in (("udid", udid), ("serial", serial), ("ecid", ecid)) if v is not None
+        ]
+        if not identities:
+            raise ValueError("find_device needs a udid, a serial or an ecid")
+
+        async def body(db: aiosqlite.Connection) -> DeviceRecord | None:
+            for column, value in identities:
+                row = await _one(
+                    db,
+                    f"SELECT * FROM devices WHERE {column} = ? ORDER BY updated_at DESC LIMIT 1",
+                    (value,),
+                )
+                if row is not None:
+                    return _device_record(row)
+            return None
+
+        return await self._atomic(body, write=False)
+
+    async def list_devices(self) -> list[DeviceRecord]:
+        async def body(db: aiosqlite.Connection) -> list[DeviceRecord]:
+            rows = await db.execute_fetchall("SELECT * FROM devices ORDER BY first_seen, udid")
+            return [_device_record(row) for row in rows]
+
+        return await self._atomic(body, write=False)
+
+    async def forget_device(self, udid: str, *, station_id: str) -> bool:
+        async def body(db: aiosqlite.Connection) -> bool:
+            device = await _device(db, udid)
+            if device is None:
+                return False
+            jobs = await _one(db, "SELECT COUNT(*) AS n FROM jobs WHERE udid = ?", (udid,))
+            await self._insert_event(
+                db,
+                "device.forgotten",
+                station_id=station_id,
+                udid=udid,
+                step=device.step,
+                data={"name": device.name, "ecid": device.ecid, "state": device.state, "jobs": jobs["n"]},
+            )
+            await db.execute("DELETE FROM jobs WHERE udid = ?", (udid,))
+            await db.execute("DELETE FROM devices WHERE udid = ?", (udid,))
+            return True
+
+        return await self._atomic(body)
+
+    async def open_job(self, udid: str, station_id: str) -> JobRecord:
+        async def body(db: aiosqlite.Connection) -> JobRecord:
+            await _require_device(db, udid)
+            row = await _one(
+                db, "SELECT * FROM jobs WHERE udid = ? AND status IN (?, ?)", (udid, *UNFINISHED_STATUSES)
+            )
+            if row is None:
+                cursor = await db.execute(
+                    "INSERT INTO jobs (udid, station_id, status, started_at) VALUES (?, ?, ?, ?)",
+                    (udid, station_id, RUNNING, self._clock()),
+                )
+                job_id = cursor.lastrowid
+                await self._insert_event(db, "job.started", station_id=station_id, udid=udid, job_id=job_id)
+                return await _require_job(db, job_id)
+            job = _job_record(row)
+            if job.status != RUNNING or job.station_id != station_id:
+                await db.execute(
+                    "UPDATE jobs SET status = ?, station_id = ? WHERE id = ?", (RUNNING, station_id, job.id)
+                )
+                await self._insert_event(
+                    db,
+                    "job.resumed",
+                    station_id=station_id,
+                    udid=udid,
+                    job_id=job.id,
+                    data={"previous_status": job.status, "previous_station_id": job.station_id},
+                )
+            return await _require_job(db, job.id)
+
+        return await self._atomic(body)
+
+    async def get_job(self, job_id: int) -> JobRecord | None:
+        return await self._atomic(lambda db: _job(db, job_id), write=False)
+
+    async def jobs_for(self, udid: str) -> list[JobRecord]:
+        return await self._select_jobs("WHERE udid = ?", (udid,))
+
+    async def unfinished_jobs(self, *, station_id: str | None = None) -> list[JobRecord]:
+        where, params = "WHERE status IN (?, ?)", list(UNFINISHED_STATUSES)
+        if station_id is not None:
+            where += " AND station_id = ?"
+            params.append(station_id)
+        return await self._select_jobs(where, params)
+
+    async def record_transition(
+        self,
+        *,
+        udid: str,
+        job_id: int,
+        station_id: str,
+        kind: str,
+        state: str,
+        step: str | None = None,
+        completed_step: str | None = None,
+        step_data: dict | None = None,
+        attempt_step: str | None = None,
+        error_code: str | None = None,
+        error_message: str | None = None,
+        job_status: str | None = None,
+        data: dict | None = None,
+    ) -> EventRecord:
+        if job_status is not None and job_status not in JOB_STATUSES:
+            raise ValueError(f"job_status must be one of {', '.join(JOB_STATUSES)}, not {job_status!r}")
+        if error_code is None:
+            error_message = None
+
+        async def body(db: aiosqlite.Connection) -> EventRecord:
+            now = self._clock()
+            await _require_device(db, udid)
+            job = await _require_job(db, job_id)
+            if job.udid != udid:
+                raise StoreError(f"job {job_id} belongs to device {job.udid}, not {udid}")
+            await db.execute(
+                "UPDATE devices SET state = ?, step = COALESCE(?, step), error_code = ?,"
+                " error_message = ?, updated_at = ? WHERE udid = ?",
+                (state, step, error_code, error_message, now, udid),
+            )
+            if completed_step is not None and completed_step not in job.completed_steps:
+                job.completed_steps.append(completed_step)
+            if step_data:
+                job.step_data = deep_merge(job.step_data, step_data)
+            if attempt_step is not None:
+                job.attempts[attempt_step] = job.attempts.get(attempt_step, 0) + 1
+            status = job_status or job.status
+            if status not in FINISHED_STATUSES:
+                job.finished_at = None
+            elif not job.finished:
+                job.finished_at = now
+            await db.execute(
+                "UPDATE jobs SET status = ?, completed_steps = ?, step_data = ?, attempts = ?,"
+                " finished_at = ?, error_code = ?, error_message = ? WHERE id = ?",
+                (
+                    status,
+                    _dumps(job.completed_steps),
+                    _dumps(job.step_data),
+                    _dumps(job.attempts),
+                    job.finished_at,
+                    error_code,
+                    error_message,
+                    job_id,
+                ),
+            )
+            return await self._insert_event(
+                db, kind, station_id=station_id, udid=udid, step=step, data=data, job_id=job_id
+            )
+
+        return await self._atomic(body)
+
+    async def mark_interrupted(self, station_id: str) -> list[JobRecord]:
+        async def body(db: aiosqlite.Connection) -> list[JobRecord]:
+            rows = await db.execute_fetchall(
+                "SELECT * FROM jobs WHERE station_id = ? AND status = ? ORDER BY id", (station_id, RUNNING)
+            )
+            interrupted = []
+            for row in rows:
+                job = _job_record(row)
+                device = await _require_device(db, job.udid)
+                await db.execute("UPDATE jobs SET status = ? WHERE id = ?", (INTERRUPTED, job.id))
+                await db.execute(
+                    "UPDATE devices SET state = ?, updated_at = ? WHERE udid = ?",
+                    (INTERRUPTED, self._clock(), job.udid),
+                )
+                await self._insert_event(
+                    db,
+                    "job.interrupted",
+                    station_id=station_id,
+                    udid=job.udid,
+                    step=device.step,
+                    job_id=job.id,
+                    data={"previous_state": device.state},
+                )
+                interrupted.append(await _require_job(db, job.id))
+            return interrupted
+
+        return await self._atomic(body)
+
+    async def add_event(
+        self,
+        kind: str,
+        *,
+        station_id: str,
+        udid: str | None = None,
+        step: str | None = None,
+        data: dict | None = None,
+        job_id: int | None = None,
+    ) -> EventRecord:
+        return await self._atomic(
+            lambda db: self._insert_event(
+                db, kind, station_id=station_id, udid=udid, step=step, data=data, job_id=job_id
+            )
+        )
+
+    async def list_events(
+        self, *, after_id: int = 0, udid: str | None = None, limit: int = 1000
+    ) -> list[EventRecord]:
+        where, params = "WHERE id > ?", [after_id]
+        if udid is not None:
+            where += " AND udid = ?"
+            params.append(udid)
+
+        async def body(db: aiosqlite.Connection) -> list[EventRecord]:
+            rows = await db.execute_fetchall(
+                f"SELECT * FROM events {where} ORDER BY id LIMIT ?", (*params, limit)
+            )
+            return [_event_record(row) for row in rows]
+
+        return await self._atomic(body, write=False)
+
+    async def _atomic(self, body: Body[T], *, write: bool = True) -> T:
+        """Run body in one transaction, one call at a time.
+
+        Once the lock is taken the transaction runs to its end in its own task, so a caller
+        cancelled half-way (device unplugged, shutdown) never leaves a transaction open on the
+        shared connection.
+        """
+        self._require_open()
+        await self._lock.acquire()
+        transaction = asyncio.ensure_future(self._transaction(body, write))
+        self._transactions.add(transaction)
+        transaction.add_done_callback(self._transactions.discard)
+        return await asyncio.shield(transaction)
+
+    async def _transaction(self, body: Body[T], write: bool) -> T:
+        """Run body between BEGIN and COMMIT, roll back on any error, then release the lock."""
+        try:
+            db = self._require_open()
+            try:
+                await db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                result = await body(db)
+                await db.execute("COMMIT")
+                return result
+            except BaseException as exc:
+                await db.rollback()
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreError(str(exc)) from exc
+                raise
+        finally:
+            self._lock.release()
+
+    def _require_open(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise StoreError("store is not open: use 'async with open_store(...)' or 'await store.open()'")
+        return self._db
+
+    async def _migrate_one_step(self, db: aiosqlite.Connection) -> bool:
+        """Apply the next pending migration; False when the schema is current."""
+        await db.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version"
+            " (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
+        )
+        row = await _one(db, "SELECT COALESCE(MAX(version), 0) AS version FROM schema_version")
+        version, latest = row["version"], len(MIGRATIONS)
+        if version > latest:
+            raise StoreError(
+                f"store {self.path} has schema version {version} but this stationd knows only up to"
+                f" {latest}: upgrade stationd or use another database"
+            )
+        if version == latest:
+            return False
+        for statement in MIGRATIONS[version]:
+            await db.execute(statement)
+        await db.execute(
+            "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)", (version + 1, self._clock())
+        )
+        return True
+
+    async def _select_jobs(self, where: str, params: Iterable[Any]) -> list[JobRecord]:
+        async def body(db: aiosqlite.Connection) -> list[JobRecord]:
+            rows = await db.execute_fetchall(f"SELECT * FROM jobs {where} ORDER BY id", tuple(params))
+            return [_job_record(row) for row in rows]
+
+        return await self._atomic(body, write=False)
+
+    async def _insert_event(
+        self,
+        db: aiosqlite.Connection,
+        kind: str,
+        *,
+        station_id: str,
+        udid: str | None = None,
+        step: str | None = None,
+        data: dict | None = None,
+        job_id: int | None = None,
+    ) -> EventRecord:
+        device = await _device(db, udid) if udid is not None else None
+        cursor = await db.execute(
+            "INSERT INTO events (ts, station_id, kind, udid, serial, location_id, port_label, step,"
+            " job_id, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                self._clock(),
+                station_id,
+                kind,
+                udid,
+                device.serial if device else None,
+                device.location_id if device else None,
+                device.port_label if device else None,
+                step,
+                job_id,
+                _dumps(data or {}),
+            ),
+        )
+        row = await _one(db, "SELECT * FROM events WHERE id = ?", (cursor.lastrowid,))
+        return _event_record(row)
+
+
+def _create_private_file(path: Path) -> None:
+    """Create the database file (mode 0600) and its directory if missing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+async def _one(db: aiosqlite.Connection, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row | None:
+    rows = await db.execute_fetchall(sql, tuple(params))
+    return rows[0] if rows else None
+
+
+async def _device(db: aiosqlite.Connection, udid: str) -> DeviceRecord | None:
+    row = await _one(db, "SELECT * FROM devices WHERE udid = ?", (udid,))
+    return _device_record(row) if row is not None else None
+
+
+async def _require_device(db: aiosqlite.Connection, udid: str) -> DeviceRecord:
+    device = await _device(db, udid)
+    if device is None:
+        raise StoreError(f"unknown device {udid}")
+    return device
+
+
+async def _job(db: aiosqlite.Connection, job_id: int) -> JobRecord | None:
+    row = await _one(db, "SELECT * FROM jobs WHERE id = ?", (job_id,))
+    return _job_record(row) if row is not None else None
+
+
+async def _require_job(db: aiosqlite.Connection, job_id: int) -> JobRecord:
+    job = await _job(db, job_id)
+    if job is None:
+        raise StoreError(f"unknown job {job_id}")
+    return job
+
+
+def _device_record(row: sqlite3.Row) -> DeviceRecord:
+    return DeviceRecord(
+        udid=row["udid"],
+        serial=row["serial"],
+        ecid=row["ecid"],
+        facts=json.loads(row["facts"]),
+        state=row["state"],
+        step=row["step"],
+        error_code=row["error_code"],
+        error_message=row["error_message"],
+        location_id=row["location_id"],
+        port_label=row["port_label"],
+        name=row["name"],
+        first_seen=row["first_seen"],
+        updated_at=row["updated_at"],
+    )
+
+
+def _job_record(row: sqlite3.Row) -> JobRecord:
+    return JobRecord(
+        id=row["id"],
+        udid=row["udid"],
+        station_id=row["station_id"],
+        status=row["status"],
+        completed_steps=json.loads(row["completed_steps"]),
+        step_data=json.loads(row["step_data"]),
+        attempts=json.loads(row["attempts"]),
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        error_code=row["error_code"],
+        error_message=row["error_message"],
+    )
+
+
+def _event_record(row: sqlite3.Row) -> EventRecord:
+    return EventRecord(
+        id=row["id"],
+        ts=row["ts"],
+        station_id=row["station_id"],
+        kind=row["kind"],
+        udid=row["udid"],
+        serial=row["serial"],
+        location_id=row["location_id"],
+        port_label=row["port_label"],
+        step=row["step"],
+        data=json.loads(row["data"]),
+        job_id=row["job_id"],
+    )
