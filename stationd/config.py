@@ -169,6 +169,7 @@ class TimeoutsConfig:
 
     identify: float = 60
     erase: float = 900
+    erase_start: float = 60
     activate: float = 300
     supervise: float = 120
     wifi: float = 120
@@ -736,6 +737,9 @@ url = "https://albert.apple.com/deviceservices"
 # Longest time in seconds each step may take before it counts as failed.
 identify = 60
 erase = 900
+# An iPad that accepted the erase request but has not started erasing (unplugged from USB to reboot) after
+# this many seconds never got it: the request is sent again.
+erase_start = 60
 activate = 300
 supervise = 120
 wifi = 120

@@ -159,7 +159,10 @@ class MCInstallConnection:
         profile, failure = parse_profile(message.get("Payload"))
         if failure:
             return failure
-        self.device.pending_profiles[profile["PayloadIdentifier"]] = bytes(message["Payload"])  # type: ignore[index]
+        # In Setup Assistant there is no Settings app to approve a profile: it installs at once (inferred from
+        # Configurator installing Wi-Fi before DEP enrollment). A set-up device waits for the person to approve.
+        target = self.device.profiles if self.device.setup_assistant else self.device.pending_profiles
+        target[profile["PayloadIdentifier"]] = bytes(message["Payload"])  # type: ignore[index]
         return self.ok()
 
     async def do_InstallProfileSilent(self, message: dict[str, Any]) -> dict[str, Any]:

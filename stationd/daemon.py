@@ -1,0 +1,104 @@
+"""`stationd run` and `stationd demo`: wiring configuration, identity, store and station together."""
+
+from __future__ import annotations
+
+import signal
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import structlog
+
+from stationd.config import (
+    ActivationConfig,
+    Config,
+    EnrollmentConfig,
+    OrganizationConfig,
+    StationConfig,
+    WifiConfig,
+)
+from stationd.emulator import Emulator, generated_spec
+from stationd.emulator.mdm_server import mdm_app
+from stationd.events import Event
+from stationd.httpserve import HTTPServer
+from stationd.identity import create_identity, load_identity
+from stationd.station import Station, running
+from stationd.store import open_store
+
+log = structlog.get_logger("stationd")
+
+
+async def _cancel_on_signal(scope: anyio.CancelScope) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("station.signal", signal=signal.Signals(signum).name)
+            scope.cancel()
+            return
+
+
+async def run_station(config: Config) -> None:
+    """The daemon: run until SIGTERM or SIGINT, then park every device and exit."""
+    identity = load_identity(config.organization.identity)
+    async with open_store(config.station.database) as store:
+        station = Station(config, store, identity)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(_cancel_on_signal, tasks.cancel_scope)
+            log.info("station.starting", station=config.station.id, steps=station.plan, database=str(config.station.database))
+            await station.run()
+
+
+DEMO_ORG = "Demo School"
+FINAL_KINDS = {"device.done", "step.failed"}
+
+
+def demo_specs(count: int) -> list[Any]:
+    """A realistic mix: half in use (activated), half fresh out of the box; a few slow to erase."""
+    specs = []
+    for i in range(count):
+        spec = generated_spec(i, seed="demo", activated=i % 2 == 0)
+        spec.latency.erase = 4.0 + (i % 3)
+        specs.append(spec)
+    return specs
+
+
+async def demo(
+    devices: int,
+    *,
+    speed: float = 0.05,
+    exit_when_done: bool = False,
+    workdir: Path | None = None,
+    show: Callable[[Event], None] = lambda event: None,
+) -> dict[str, str]:
+    """Run the daemon on virtual iPads; return each device's final state by UDID (when exit_when_done)."""
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="stationd-demo-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    identity = create_identity(workdir / "identity.pem", DEMO_ORG, force=True)
+    mdm = HTTPServer(mdm_app(DEMO_ORG))
+    await mdm.start()
+    results: dict[str, str] = {}
+    try:
+        async with Emulator(demo_specs(devices), socket_path=workdir / "usbmuxd", speed=speed) as emulator:
+            config = Config(
+                organization=OrganizationConfig(name=DEMO_ORG, identity=identity.path),
+                station=StationConfig(id="demo", database=workdir / "stationd.db", concurrency=max(1, devices)),
+                wifi=WifiConfig(ssid="Demo-WiFi", security="WPA2", password="demo-password"),
+                enrollment=EnrollmentConfig(mode="url", url=f"{mdm.url}/enroll"),
+                activation=ActivationConfig(url=emulator.activation_url or ""),
+            )
+            async with open_store(config.station.database) as store:
+                station = Station(config, store, identity, usbmux_address=emulator.usbmux_address, backoff=(0.2, 2.0))
+                with station.bus.subscribe() as events:
+                    async with running(station):
+                        async with anyio.create_task_group() as tasks:
+                            tasks.start_soon(_cancel_on_signal, tasks.cancel_scope)
+                            async for event in events:
+                                show(event)
+                                if event.kind in FINAL_KINDS and event.udid:
+                                    results[event.udid] = "done" if event.kind == "device.done" else "failed"
+                                if exit_when_done and len(results) == devices:
+                                    tasks.cancel_scope.cancel()
+    finally:
+        await mdm.stop()
+    return results

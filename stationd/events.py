@@ -1,0 +1,100 @@
+"""The station's event stream: every transition the store records is published here, in order, to subscribers.
+
+Data flows one way: pipeline → store (the durable audit trail, with its id) → this bus → plugins, dashboard, CLI.
+A slow subscriber never blocks a device: its buffer is bounded and, when full, it loses the oldest events and is told
+how many it missed (it can re-read them from the store by id).
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import anyio
+
+from stationd.store import EventRecord
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    ts: float
+    station_id: str
+    kind: str
+    udid: str | None = None
+    serial: str | None = None
+    location_id: int | None = None
+    port_label: str | None = None
+    step: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_record(cls, record: EventRecord) -> Event:
+        return cls(
+            id=record.id,
+            ts=record.ts,
+            station_id=record.station_id,
+            kind=record.kind,
+            udid=record.udid,
+            serial=record.serial,
+            location_id=record.location_id,
+            port_label=record.port_label,
+            step=record.step,
+            data=dict(record.data),
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Subscription:
+    """One subscriber's bounded queue; iterate it with `async for`."""
+
+    def __init__(self, bus: EventBus, size: int) -> None:
+        self._bus = bus
+        self._queue: collections.deque[Event] = collections.deque(maxlen=size)
+        self._ready = anyio.Event()
+        self.missed = 0
+
+    def _put(self, event: Event) -> None:
+        if len(self._queue) == self._queue.maxlen:
+            self.missed += 1
+        self._queue.append(event)
+        self._ready.set()
+
+    async def get(self) -> Event:
+        while not self._queue:
+            self._ready = anyio.Event()
+            await self._ready.wait()
+        return self._queue.popleft()
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self
+
+    async def __anext__(self) -> Event:
+        return await self.get()
+
+    def close(self) -> None:
+        self._bus._subscriptions.discard(self)
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class EventBus:
+    def __init__(self) -> None:
+        self._subscriptions: set[Subscription] = set()
+
+    def subscribe(self, size: int = 10_000) -> Subscription:
+        subscription = Subscription(self, size)
+        self._subscriptions.add(subscription)
+        return subscription
+
+    def publish(self, event: Event) -> None:
+        for subscription in list(self._subscriptions):
+            subscription._put(event)

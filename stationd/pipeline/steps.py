@@ -1,0 +1,202 @@
+"""The steps of the pipeline. Each is idempotent: run again after an unplug, a crash or a retry, it finds what is
+already done on the device (or in the job's saved data) and does only what is missing."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from stationd.errors import (
+    ConfigurationError,
+    DepAssignedElsewhere,
+    EnrollmentInvalid,
+    EnrollmentUnavailable,
+    StationError,
+)
+from stationd.profiles import ProfileInvalid, payload_types, validate_profile
+
+if TYPE_CHECKING:
+    from stationd.pipeline.worker import StepContext
+
+
+@dataclass
+class Outcome:
+    """What a step leaves: data to merge into the job, and whether the device must first detach and come back."""
+
+    data: dict[str, Any] = field(default_factory=dict)
+    await_reattach: bool = False
+
+
+class EraseUnconfirmed(StationError):
+    code = "erase_unconfirmed"
+
+
+class EraseNotStarted(StationError):
+    code = "erase_not_started"
+
+
+async def identify(ctx: StepContext) -> Outcome:
+    facts = ctx.facts
+    return Outcome({"serial": facts.serial, "product_type": facts.product_type, "version": facts.product_version})
+
+
+async def looks_wiped(ctx: StepContext) -> bool:
+    """An erased iPad is back in Setup Assistant unactivated with no cloud configuration."""
+    return ctx.facts.activation_state == "Unactivated" and not await ctx.session.cloud_configuration()
+
+
+async def erase(ctx: StepContext) -> Outcome:
+    """Erase once per job. The request is written ahead, so a crash can never lead to a second erase; an erase
+    counts as started only when the iPad detaches, so a request the iPad never acted on is sent again."""
+    saved = ctx.job.step_data.get("erase", {})
+    if saved.get("requested"):
+        if await looks_wiped(ctx):
+            return Outcome({"confirmed": True})
+        if not saved.get("sent"):
+            raise EraseUnconfirmed(
+                "The station stopped while asking this iPad to erase and cannot tell whether it did. It is never "
+                "erased twice automatically: if the iPad shows its Hello screen, replug it; otherwise erase it by "
+                "hand and replug it."
+            )
+        if time.time() - saved.get("sent_at", 0.0) < ctx.config.timeouts.erase_start:
+            return Outcome(await_reattach=True)
+        resends = saved.get("resends", 0) + 1
+        if resends > ctx.config.timeouts.retries:
+            raise EraseNotStarted(
+                "The iPad accepted the erase request but never started erasing. Erase it by hand (Settings > "
+                "General > Transfer or Reset iPad > Erase All Content and Settings), then replug it."
+            )
+        await ctx.checkpoint("erase", {"resends": resends, "sent": False})
+    else:
+        await ctx.checkpoint("erase", {"requested": True})
+    await ctx.session.erase()
+    await ctx.checkpoint("erase", {"sent": True, "sent_at": time.time()})
+    return Outcome(await_reattach=True)
+
+
+async def activate(ctx: StepContext) -> Outcome:
+    if await ctx.session.activation_state() == "Activated":
+        return Outcome({"activated": True})
+    await ctx.session.activate(ctx.http, ctx.config.activation.url)
+    return Outcome({"activated": True})
+
+
+async def supervise(ctx: StepContext) -> Outcome:
+    steps = ctx.config.steps
+    await ctx.session.supervise(
+        ctx.config.organization.name, list(steps.skip_setup), language=steps.language, region=steps.region
+    )
+    return Outcome({"organization": ctx.config.organization.name})
+
+
+def _profile(data: bytes, source: str) -> dict[str, Any]:
+    try:
+        return validate_profile(data, source)
+    except ProfileInvalid as e:
+        raise ConfigurationError(f"{e} Fix the file and replug the iPad.") from e
+
+
+async def wifi(ctx: StepContext) -> Outcome:
+    wifi_config = ctx.config.wifi
+    assert wifi_config is not None
+    source = str(wifi_config.profile) if wifi_config.profile else "the [wifi] section"
+    try:
+        data = wifi_config.mobileconfig()
+    except OSError as e:
+        raise ConfigurationError(f"cannot read the Wi-Fi profile {source}: {e.strerror}") from e
+    profile = _profile(data, source)
+    await ctx.session.install_profile(data)
+    return Outcome({"profile": profile.get("PayloadIdentifier")})
+
+
+async def profiles(ctx: StepContext) -> Outcome:
+    installed = []
+    for path in ctx.config.profiles.extra:
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise ConfigurationError(f"cannot read the profile {path}: {e.strerror}") from e
+        profile = _profile(data, str(path))
+        await ctx.session.install_profile(data)
+        installed.append(profile.get("PayloadIdentifier"))
+    return Outcome({"installed": installed})
+
+
+async def fetch_enrollment_profile(http: httpx.AsyncClient, url: str) -> bytes:
+    """GET the MDM's Apple Configurator enrollment URL and check it answered an enrollment profile."""
+    try:
+        response = await http.get(url, follow_redirects=True)
+    except httpx.HTTPError as e:
+        raise EnrollmentUnavailable(f"The enrollment URL {url} cannot be reached ({type(e).__name__}).") from e
+    if response.status_code >= 500:
+        raise EnrollmentUnavailable(f"The enrollment URL {url} answered {response.status_code}; retrying.")
+    if response.status_code != 200:
+        raise EnrollmentInvalid(
+            f"The enrollment URL answered {response.status_code}: check enrollment.url against the MDM's "
+            "\"Apple Configurator enrollment URL\"."
+        )
+    try:
+        profile = validate_profile(response.content, url)
+    except ProfileInvalid as e:
+        kind = response.headers.get("content-type", "unknown type")
+        raise EnrollmentInvalid(
+            f"The enrollment URL did not return an enrollment profile (got {kind}): {e} Check enrollment.url."
+        ) from e
+    if "com.apple.mdm" not in payload_types(profile):
+        raise EnrollmentInvalid(
+            "The enrollment URL returned a profile without an MDM payload: it is not the MDM's enrollment profile. "
+            "Check enrollment.url."
+        )
+    return response.content
+
+
+async def enroll(ctx: StepContext) -> Outcome:
+    if ctx.config.enrollment.mode == "dep":
+        await ctx.session.download_cloud_configuration()
+        configuration = await ctx.session.cloud_configuration()
+        organization = configuration.get("OrganizationName")
+        if organization != ctx.config.organization.name:
+            raise DepAssignedElsewhere(
+                f"Serial {ctx.facts.serial} is assigned to another organisation's MDM in Apple School/Business "
+                f"Manager ({organization or 'unknown'}): ask them to release serial {ctx.facts.serial}."
+            )
+        return Outcome({"mode": "dep", "organization": organization})
+    url = ctx.config.enrollment.url or ""
+    data = await fetch_enrollment_profile(ctx.http, url)
+    if await ctx.session.stored_profile() != data:
+        await ctx.session.store_enrollment_profile(data)
+    return Outcome({"mode": "url", "url": url})
+
+
+async def name(ctx: StepContext) -> Outcome:
+    device_name = ctx.config.naming.device_name(
+        org=ctx.config.organization.name,
+        serial=ctx.facts.serial,
+        model=ctx.facts.product_type,
+        port=ctx.port_label or "",
+        n=await ctx.ordinal(),
+    )
+    await ctx.session.set_name(device_name)
+    await ctx.station.store.upsert_device(ctx.udid, name=device_name)
+    return Outcome({"name": device_name})
+
+
+async def report(ctx: StepContext) -> Outcome:
+    return Outcome({"serial": ctx.facts.serial, "facts": ctx.facts.as_dict()})
+
+
+STEP_FUNCTIONS: dict[str, Callable[[StepContext], Awaitable[Outcome]]] = {
+    "identify": identify,
+    "erase": erase,
+    "activate": activate,
+    "supervise": supervise,
+    "wifi": wifi,
+    "profiles": profiles,
+    "enroll": enroll,
+    "name": name,
+    "report": report,
+}

@@ -1,0 +1,261 @@
+"""One device's life at the station: wait for it to attach, run its job's missing steps, survive unplugs and erases.
+
+States a device shows (stored on the device row): "new", "<step>" while a step runs, "waiting" (unplugged or
+rebooting between steps), "interrupted", "done", "failed".
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import httpx
+import structlog
+
+from stationd.config import Config
+from stationd.device import DeviceFacts, DeviceSession
+from stationd.errors import DeviceGone, StationError, StepTimeout
+from stationd.pipeline.steps import STEP_FUNCTIONS, Outcome
+from stationd.store import JobRecord
+
+if TYPE_CHECKING:
+    from stationd.station import Station
+
+log = structlog.get_logger("stationd.pipeline")
+
+
+@dataclass
+class StepContext:
+    """What a step may use: the open device session, the configuration, the job so far."""
+
+    station: Station
+    udid: str
+    session: DeviceSession
+    facts: DeviceFacts
+    job: JobRecord
+    port_label: str | None
+
+    @property
+    def config(self) -> Config:
+        return self.station.config
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        return self.station.http
+
+    async def checkpoint(self, step: str, data: dict[str, Any]) -> None:
+        """Persist step data before acting on it (write-ahead), e.g. that an erase is about to be sent."""
+        self.job = await self.station.transition(
+            self.udid, self.job, "step.progress", state=step, step=step, step_data={step: data}, data=data
+        )
+
+    async def ordinal(self) -> int:
+        """This device's number at the station, for naming patterns with {n}."""
+        devices = await self.station.store.list_devices()
+        return next((i for i, d in enumerate(devices, 1) if d.udid == self.udid), len(devices) + 1)
+
+
+class Detached(Exception):
+    """The device went away while we waited for it."""
+
+
+class DeviceWorker:
+    """Drives one device's job; lives from its first attach until the job is done or failed."""
+
+    def __init__(self, station: Station, udid: str) -> None:
+        self.station = station
+        self.udid = udid
+        self.location_id: int | None = None
+        self.port_label: str | None = None
+        self.attached = anyio.Event()
+        self.detached = anyio.Event()
+        self.detached.set()
+        self.scope: anyio.CancelScope | None = None
+        self.deadline: float | None = None  # when an erased device must be back
+        self.log = log.bind(udid=udid)
+
+    # -- signals from the USB watcher -----------------------------------------------------------------------------
+    def on_attached(self, location_id: int | None, port_label: str | None) -> None:
+        self.location_id, self.port_label = location_id, port_label
+        self.detached = anyio.Event()
+        self.attached.set()
+
+    def on_detached(self) -> None:
+        self.attached = anyio.Event()
+        self.detached.set()
+        if self.scope is not None:
+            self.scope.cancel()
+
+    # -- the loop -------------------------------------------------------------------------------------------------
+    async def run(self) -> None:
+        while True:
+            if not await self._wait_attached():
+                return
+            job = await self.station.job_for(self.udid)
+            if job is None:
+                await self.detached.wait()
+                continue
+            result = await self._attempt(job)
+            if result in ("done", "failed"):
+                await self.detached.wait()
+            elif result == "waiting":
+                await self._wait_detached(time.monotonic() + self.station.config.timeouts.erase_start)
+            elif result == "interrupted":
+                await self._wait_detached(time.monotonic() + self.station.backoff[0])
+
+    async def _wait_detached(self, deadline: float | None) -> None:
+        """Let the device go away (an erasing iPad detaches) before looking for it again."""
+        with anyio.move_on_after(max(0.0, (deadline or 0.0) - time.monotonic())):
+            await self.detached.wait()
+
+    async def _wait_attached(self) -> bool:
+        """Wait for the device; False when an erased device failed to come back in time (the job then failed)."""
+        if self.deadline is None:
+            await self.attached.wait()
+            return True
+        with anyio.move_on_after(max(0.0, self.deadline - time.monotonic())):
+            await self.attached.wait()
+            return True
+        job = await self.station.job_for(self.udid)
+        self.deadline = None
+        if job is not None:
+            await self.station.transition(
+                self.udid,
+                job,
+                "step.failed",
+                state="failed",
+                step="erase",
+                job_status="failed",
+                error_code="erase_timeout",
+                error_message="The iPad did not come back after erasing. Check its screen; when it shows Hello, "
+                "replug it.",
+            )
+        await self.attached.wait()
+        return True
+
+    async def _attempt(self, job: JobRecord) -> str:
+        """Run the job while the device stays attached: 'done', 'failed', 'waiting' or 'interrupted'."""
+        station = self.station
+        async with station.limiter:
+            with anyio.CancelScope() as scope:
+                self.scope = scope
+                try:
+                    return await self._sessions(job)
+                except DeviceGone as e:
+                    job = await station.current(job)
+                    await station.interrupted(self.udid, job, str(e))
+                    return "interrupted"
+                finally:
+                    self.scope = None
+            job = await station.current(job)
+            with anyio.CancelScope(shield=True):
+                await station.interrupted(self.udid, job, "unplugged")
+            return "interrupted"
+
+    async def _sessions(self, job: JobRecord) -> str:
+        """Open sessions until the job ends, retrying transient failures with backoff."""
+        station = self.station
+        step = "identify"
+        while True:
+            try:
+                return await self._steps(job)
+            except StationError as e:
+                if isinstance(e, DeviceGone):
+                    raise
+                job = await station.current(job)
+                step = station.running_step.get(self.udid, step)
+                tries = job.attempts.get(step, 0) + 1
+                if e.transient and tries <= station.config.timeouts.retries:
+                    delay = station.backoff_delay(tries)
+                    job = await station.transition(
+                        self.udid,
+                        job,
+                        "step.retrying",
+                        state=step,
+                        step=step,
+                        attempt_step=step,
+                        error_code=e.code,
+                        error_message=str(e),
+                        data={"try": tries, "delay": delay},
+                    )
+                    self.log.warning("step.retrying", step=step, error=e.code, delay=delay)
+                    await anyio.sleep(delay)
+                    continue
+                await station.transition(
+                    self.udid,
+                    job,
+                    "step.failed",
+                    state="failed",
+                    step=step,
+                    attempt_step=step,
+                    job_status="failed",
+                    error_code=e.code,
+                    error_message=str(e),
+                )
+                self.log.error("step.failed", step=step, error=e.code, message=str(e))
+                return "failed"
+
+    async def _steps(self, job: JobRecord) -> str:
+        station = self.station
+        station.running_step[self.udid] = "identify"
+        async with station.open_session(self.udid) as session:
+            with _timeout("identify", station.config.timeouts.identify):
+                facts = await session.facts()
+            await station.store.upsert_device(
+                self.udid,
+                serial=facts.serial,
+                ecid=facts.ecid,
+                facts=facts.as_dict(),
+                location_id=self.location_id,
+                port_label=self.port_label,
+            )
+            self.log = log.bind(udid=self.udid, serial=facts.serial, port=self.port_label)
+            ctx = StepContext(station, self.udid, session, facts, job, self.port_label)
+            for step in station.plan:
+                if step in ctx.job.completed_steps:
+                    continue
+                station.running_step[self.udid] = step
+                ctx.job = await station.transition(self.udid, ctx.job, "step.started", state=step, step=step)
+                self.log.info("step.started", step=step)
+                with _timeout(step, station.step_timeout(step)):
+                    outcome: Outcome = await STEP_FUNCTIONS[step](ctx)
+                if outcome.await_reattach:
+                    self.deadline = time.monotonic() + station.step_timeout(step)
+                    await station.transition(self.udid, ctx.job, "step.waiting", state="waiting", step=step)
+                    self.log.info("step.waiting", step=step)
+                    return "waiting"
+                self.deadline = None
+                ctx.job = await station.transition(
+                    self.udid,
+                    ctx.job,
+                    "step.finished",
+                    state=step,
+                    step=step,
+                    completed_step=step,
+                    step_data={step: outcome.data} if outcome.data else None,
+                )
+                self.log.info("step.finished", step=step)
+            await station.transition(self.udid, ctx.job, "device.done", state="done", step="report", job_status="done")
+            self.log.info("device.done")
+            return "done"
+
+
+class _timeout:
+    """fail_after that raises our transient StepTimeout."""
+
+    def __init__(self, step: str, seconds: float) -> None:
+        self.step = step
+        self.seconds = seconds if seconds > 0 else math.inf
+        self.scope = anyio.fail_after(self.seconds)
+
+    def __enter__(self) -> None:
+        self.scope.__enter__()
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        try:
+            return bool(self.scope.__exit__(exc_type, exc, tb))
+        except TimeoutError as e:
+            raise StepTimeout(f"The step {self.step} took longer than {self.seconds:g} s; retrying.") from e

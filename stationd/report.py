@@ -1,0 +1,82 @@
+"""What `stationd devices`, `status` and `export` show: one flat row per device, like Configurator's "Export info"."""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import io
+import json
+from typing import Any
+
+from stationd.store import Store
+
+FIELDS = (
+    "serial",
+    "udid",
+    "ecid",
+    "model",
+    "ios_version",
+    "build",
+    "wifi_mac",
+    "name",
+    "state",
+    "step",
+    "error_code",
+    "error_message",
+    "port",
+    "location_id",
+    "station",
+    "first_seen",
+    "updated_at",
+    "finished_at",
+)
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+async def device_rows(store: Store) -> list[dict[str, Any]]:
+    rows = []
+    for device in await store.list_devices():
+        jobs = await store.jobs_for(device.udid)
+        job = jobs[-1] if jobs else None
+        facts = device.facts or {}
+        rows.append(
+            {
+                "serial": device.serial,
+                "udid": device.udid,
+                "ecid": device.ecid,
+                "model": facts.get("product_type"),
+                "ios_version": facts.get("product_version"),
+                "build": facts.get("build_version"),
+                "wifi_mac": facts.get("wifi_address"),
+                "name": device.name,
+                "state": device.state,
+                "step": device.step,
+                "error_code": device.error_code,
+                "error_message": device.error_message,
+                "port": device.port_label,
+                "location_id": device.location_id,
+                "station": job.station_id if job else None,
+                "first_seen": _iso(device.first_seen),
+                "updated_at": _iso(device.updated_at),
+                "finished_at": _iso(job.finished_at) if job else None,
+            }
+        )
+    return rows
+
+
+def to_csv(rows: list[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in FIELDS})
+    return out.getvalue()
+
+
+def to_json(rows: list[dict[str, Any]]) -> str:
+    return json.dumps(rows, indent=2) + "\n"

@@ -1,0 +1,172 @@
+"""The station daemon: watch usbmuxd, give each device a worker in one task group, persist every transition.
+
+Flow: usbmuxd event → DeviceWorker (pipeline) → store (transition + audit event) → EventBus → subscribers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import structlog
+
+from stationd.config import Config
+from stationd.device import DeviceSession
+from stationd.events import Event, EventBus
+from stationd.identity import Identity
+from stationd.pipeline.plan import plan
+from stationd.pipeline.worker import DeviceWorker
+from stationd.store import JobRecord, Store
+from stationd.usb.address import pymobiledevice3_address
+from stationd.usb.watcher import UsbWatcher
+
+log = structlog.get_logger("stationd.station")
+STEP_TIMEOUT_FIELDS = {"profiles": "wifi", "name": "report"}
+
+
+def port_label(location_id: int | None) -> str | None:
+    """An unmapped port is labelled by its usbmuxd LocationID."""
+    return None if location_id is None else f"0x{location_id:08x}"
+
+
+class Station:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        identity: Identity | None,
+        *,
+        usbmux_address: str | None = None,
+        http: httpx.AsyncClient | None = None,
+        bus: EventBus | None = None,
+        backoff: tuple[float, float] = (1.0, 30.0),
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.identity = identity
+        self.station_id = config.station.id
+        self.usbmux_address = usbmux_address or config.station.usbmuxd
+        self.http = http or httpx.AsyncClient(timeout=30.0)
+        self.bus = bus or EventBus()
+        self.backoff = backoff
+        self.plan = plan(config)
+        self.limiter = anyio.CapacityLimiter(config.station.concurrency)
+        self.workers: dict[str, DeviceWorker] = {}
+        self.running_step: dict[str, str] = {}
+        self.pair_records = config.station.pair_records or Path(config.station.database).parent / "pair-records"
+        self._tasks: anyio.abc.TaskGroup | None = None
+
+    # -- running --------------------------------------------------------------------------------------------------
+    async def run(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        """Run until cancelled; a cancelled station parks every device cleanly (their jobs resume later)."""
+        self.pair_records.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for job in await self.store.mark_interrupted(self.station_id):
+            log.info("job.interrupted_by_restart", udid=job.udid, job=job.id)
+        await self.event("station.started", data={"plan": self.plan, "concurrency": self.config.station.concurrency})
+        watcher = UsbWatcher(self.usbmux_address)
+        try:
+            async with anyio.create_task_group() as tasks:
+                self._tasks = tasks
+                task_status.started()
+                async with contextlib.aclosing(watcher.events()) as events:
+                    async for usb in events:
+                        self._on_usb(usb)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.event("station.stopping")
+
+    def _on_usb(self, usb: Any) -> None:
+        if usb.kind in ("connected", "disconnected"):
+            log.info("usbmuxd." + usb.kind)
+            return
+        if usb.udid is None:
+            return
+        if usb.kind == "attached":
+            worker = self.workers.get(usb.udid)
+            if worker is None:
+                worker = self.workers[usb.udid] = DeviceWorker(self, usb.udid)
+                assert self._tasks is not None
+                self._tasks.start_soon(worker.run, name=f"device {usb.udid}")
+            label = port_label(usb.location_id)
+            worker.on_attached(usb.location_id, label)
+            self._tasks.start_soon(self._attached_event, usb.udid, usb.location_id, label)  # type: ignore[union-attr]
+        elif usb.kind == "detached" and usb.udid in self.workers:
+            self.workers[usb.udid].on_detached()
+            self._tasks.start_soon(self._detached_event, usb.udid)  # type: ignore[union-attr]
+
+    async def _attached_event(self, udid: str, location_id: int | None, label: str | None) -> None:
+        await self.store.upsert_device(udid, location_id=location_id, port_label=label)
+        await self.event("device.attached", udid=udid, data={"location_id": location_id})
+
+    async def _detached_event(self, udid: str) -> None:
+        await self.event("device.detached", udid=udid)
+
+    # -- helpers the workers use ----------------------------------------------------------------------------------
+    def open_session(self, udid: str) -> DeviceSession:
+        address = pymobiledevice3_address(self.usbmux_address)
+        return DeviceSession(udid, usbmux_address=address, pair_records=self.pair_records, identity=self.identity)
+
+    def step_timeout(self, step: str) -> float:
+        return float(getattr(self.config.timeouts, STEP_TIMEOUT_FIELDS.get(step, step)))
+
+    def backoff_delay(self, tries: int) -> float:
+        base, cap = self.backoff
+        return min(cap, base * 2 ** (tries - 1)) * (0.75 + random.random() / 2)
+
+    async def job_for(self, udid: str) -> JobRecord | None:
+        """The job to work on when a device attaches: none once done; a failed job is retried on replug."""
+        jobs = await self.store.jobs_for(udid)
+        latest = jobs[-1] if jobs else None
+        if latest is not None and latest.status == "done":
+            return None
+        if latest is not None and latest.status == "failed":
+            return await self.transition(
+                udid, latest, "job.retried", state="waiting", job_status="running", data={"reason": "replugged"}
+            )
+        return await self.store.open_job(udid, self.station_id)
+
+    async def current(self, job: JobRecord) -> JobRecord:
+        return await self.store.get_job(job.id) or job
+
+    async def transition(self, udid: str, job: JobRecord, kind: str, **fields: Any) -> JobRecord:
+        """Persist one transition (device, job, event in one transaction), then publish its event."""
+        if fields.get("error_code"):
+            fields["data"] = {
+                **(fields.get("data") or {}),
+                "error_code": fields["error_code"],
+                "error_message": fields.get("error_message"),
+            }
+        record = await self.store.record_transition(
+            udid=udid, job_id=job.id, station_id=self.station_id, kind=kind, **fields
+        )
+        self.bus.publish(Event.from_record(record))
+        return await self.current(job)
+
+    async def interrupted(self, udid: str, job: JobRecord, reason: str) -> None:
+        if job.status != "running":
+            return
+        step = self.running_step.get(udid)
+        await self.transition(
+            udid, job, "step.interrupted", state="interrupted", step=step, job_status="interrupted",
+            data={"reason": reason},
+        )
+
+    async def event(self, kind: str, *, udid: str | None = None, data: dict[str, Any] | None = None) -> None:
+        record = await self.store.add_event(kind, station_id=self.station_id, udid=udid, data=data)
+        self.bus.publish(Event.from_record(record))
+
+
+@contextlib.asynccontextmanager
+async def running(station: Station) -> AsyncIterator[Station]:
+    """Run a station in the background of a block (tests, demo); leaving the block stops it."""
+    async with anyio.create_task_group() as tasks:
+        await tasks.start(station.run)
+        try:
+            yield station
+        finally:
+            tasks.cancel_scope.cancel()
