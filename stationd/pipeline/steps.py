@@ -31,10 +31,6 @@ class Outcome:
     await_reattach: bool = False
 
 
-class EraseUnconfirmed(StationError):
-    code = "erase_unconfirmed"
-
-
 class EraseNotStarted(StationError):
     code = "erase_not_started"
 
@@ -50,19 +46,17 @@ async def looks_wiped(ctx: StepContext) -> bool:
 
 
 async def erase(ctx: StepContext) -> Outcome:
-    """Erase once per job. The request is written ahead, so a crash can never lead to a second erase; an erase
-    counts as started only when the iPad detaches, so a request the iPad never acted on is sent again."""
+    """Erase once per job.
+
+    The request is written ahead of sending it, and an erase counts as started only when the iPad detaches: after a
+    crash, or a request the iPad dropped, the station waits `timeouts.erase_start` for the iPad to go away and come
+    back wiped, and sends the request again only if the iPad stayed, unchanged. It is never erased twice.
+    """
     saved = ctx.job.step_data.get("erase", {})
-    if saved.get("requested"):
+    if saved.get("requested_at"):
         if await looks_wiped(ctx):
             return Outcome({"confirmed": True})
-        if not saved.get("sent"):
-            raise EraseUnconfirmed(
-                "The station stopped while asking this iPad to erase and cannot tell whether it did. It is never "
-                "erased twice automatically: if the iPad shows its Hello screen, replug it; otherwise erase it by "
-                "hand and replug it."
-            )
-        if time.time() - saved.get("sent_at", 0.0) < ctx.config.timeouts.erase_start:
+        if time.time() - saved["requested_at"] < ctx.config.timeouts.erase_start:
             return Outcome(await_reattach=True)
         resends = saved.get("resends", 0) + 1
         if resends > ctx.config.timeouts.retries:
@@ -70,11 +64,11 @@ async def erase(ctx: StepContext) -> Outcome:
                 "The iPad accepted the erase request but never started erasing. Erase it by hand (Settings > "
                 "General > Transfer or Reset iPad > Erase All Content and Settings), then replug it."
             )
-        await ctx.checkpoint("erase", {"resends": resends, "sent": False})
+        await ctx.checkpoint("erase", {"resends": resends, "requested_at": time.time(), "sent": False})
     else:
-        await ctx.checkpoint("erase", {"requested": True})
+        await ctx.checkpoint("erase", {"requested_at": time.time()})
     await ctx.session.erase()
-    await ctx.checkpoint("erase", {"sent": True, "sent_at": time.time()})
+    await ctx.checkpoint("erase", {"sent": True})
     return Outcome(await_reattach=True)
 
 

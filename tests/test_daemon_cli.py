@@ -1,0 +1,168 @@
+"""`stationd run` as a real process against virtual iPads: SIGKILL mid-run, restart, SIGTERM; and the read commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+from anyio.abc import Process
+from anyio.streams.text import TextReceiveStream
+from typer.testing import CliRunner
+
+from stationd.cli import app
+from stationd.emulator import Emulator, generated_spec
+from stationd.emulator.mdm_server import mdm_app
+from stationd.httpserve import HTTPServer
+from stationd.identity import create_identity
+
+STATIOND = [sys.executable, "-m", "stationd.cli"]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def write_config(tmp: Path, emulator: Emulator, mdm_url: str) -> Path:
+    create_identity(tmp / "identity.pem", "Kill School")
+    config = tmp / "stationd.toml"
+    config.write_text(
+        f"""
+[station]
+id = "station-k"
+database = "{tmp / 'stationd.db'}"
+usbmuxd = "{emulator.usbmux_address}"
+log_format = "json"
+pair_records = "{tmp / 'pairs'}"
+
+[organization]
+name = "Kill School"
+identity = "{tmp / 'identity.pem'}"
+
+[wifi]
+ssid = "KillNet"
+password = "kill-password"
+
+[enrollment]
+mode = "url"
+url = "{mdm_url}/enroll"
+
+[activation]
+url = "{emulator.activation_url}"
+
+[timeouts]
+erase_start = 5
+"""
+    )
+    config.chmod(0o600)
+    return config
+
+
+async def log_lines(process: Process):
+    assert process.stderr is not None
+    buffer = ""
+    async for chunk in TextReceiveStream(process.stderr):
+        buffer += chunk
+        while "\n" in buffer:
+            line, buffer = buffer.split("\n", 1)
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                yield {"event": "unparsed", "line": line}
+
+
+@pytest.mark.anyio
+async def test_sigkill_mid_run_then_restart_finishes_without_erasing_twice(tmp_path: Path) -> None:
+    specs = [generated_spec(i) for i in range(3)]
+    mdm = HTTPServer(mdm_app("Kill School"))
+    await mdm.start()
+    env = dict(os.environ, HOME=str(tmp_path / "home"))
+    try:
+        async with Emulator(specs, socket_path=tmp_path / "mux", speed=0.02) as emulator:
+            config = write_config(tmp_path, emulator, mdm.url)
+            command = STATIOND + ["run", "--config", str(config)]
+
+            first = await anyio.open_process(command, env=env)
+            with anyio.fail_after(60):
+                async for entry in log_lines(first):
+                    if entry.get("event") == "step.waiting":
+                        first.kill()
+                        break
+            await first.wait()
+            assert first.returncode == -signal.SIGKILL
+
+            second = await anyio.open_process(command, env=env)
+            done: set[str] = set()
+            seen: list[dict] = []
+            with anyio.fail_after(90):
+                async for entry in log_lines(second):
+                    seen.append(entry)
+                    if entry.get("event") == "device.done":
+                        done.add(entry["udid"])
+                    if len(done) == len(specs):
+                        break
+            second.send_signal(signal.SIGTERM)
+            with anyio.fail_after(30):
+                await second.wait()
+            assert second.returncode == 0
+            assert any(e.get("event") == "job.interrupted_by_restart" for e in seen)
+            for spec in specs:
+                state = emulator.devices[spec.udid].snapshot()
+                assert state["erase_count"] == 1
+                assert state["organization"] == "Kill School"
+            for entry in seen:
+                assert "kill-password" not in json.dumps(entry)
+
+            export = await anyio.run_process(STATIOND + ["export", "--config", str(config), "--format", "json"], env=env)
+            rows = json.loads(export.stdout)
+            assert sorted(r["serial"] for r in rows) == sorted(s.serial for s in specs)
+            assert {r["state"] for r in rows} == {"done"}
+            status = await anyio.run_process(STATIOND + ["status", "--config", str(config)], env=env)
+            assert "3 done" in status.stdout.decode()
+            doctor = await anyio.run_process(STATIOND + ["doctor", "--config", str(config)], env=env)
+            assert "usbmuxd: reachable" in doctor.stdout.decode()
+            assert "identity: Kill School" in doctor.stdout.decode()
+    finally:
+        await mdm.stop()
+
+
+def test_run_with_malformed_config_says_what_is_wrong(tmp_path: Path) -> None:
+    config = tmp_path / "stationd.toml"
+    config.write_text('[organization]\nname = "X"\n[enrollment]\nmode = "sometimes"\n')
+    result = CliRunner().invoke(app, ["run", "--config", str(config)])
+    assert result.exit_code == 2
+    assert "enrollment.mode" in result.output and "line 4" in result.output
+
+
+def test_run_without_identity_says_how_to_make_one(tmp_path: Path) -> None:
+    config = tmp_path / "stationd.toml"
+    config.write_text(f'[organization]\nname = "X"\nidentity = "{tmp_path / "none.pem"}"\n[station]\ndatabase = "{tmp_path / "db"}"\n')
+    result = CliRunner().invoke(app, ["run", "--config", str(config)])
+    assert result.exit_code == 2
+    assert "stationd identity create" in result.output
+
+
+def test_doctor_reports_unreachable_usbmuxd(tmp_path: Path) -> None:
+    create_identity(tmp_path / "identity.pem", "X")
+    config = tmp_path / "stationd.toml"
+    config.write_text(
+        f'[organization]\nname = "X"\nidentity = "{tmp_path / "identity.pem"}"\n'
+        f'[station]\ndatabase = "{tmp_path / "db"}"\nusbmuxd = "{tmp_path / "no-such-socket"}"\n'
+    )
+    result = CliRunner().invoke(app, ["doctor", "--config", str(config)])
+    assert result.exit_code == 1
+    assert "FAIL  usbmuxd" in result.output and "install and start usbmuxd" in result.output
+    assert "ok    identity" in result.output and "ok    database" in result.output
+
+
+def test_demo_command_finishes_every_ipad(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app, ["demo", "--devices", "3", "--exit-when-done", "--speed", "0.001", "--workdir", str(tmp_path)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "3 of 3 iPads done" in result.output
