@@ -6,6 +6,7 @@ This module holds data and pure rules only; the wire protocols live in `usbmuxd`
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import plistlib
 import random
@@ -15,8 +16,10 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
 
 # ProductType -> (HardwareModel, ChipID, marketing name). Real values of current iPads.
 MODELS: dict[str, tuple[str, int, str]] = {
@@ -127,6 +130,32 @@ def generated_spec(index: int, seed: str = "stationd", **overrides: Any) -> Devi
     return spec
 
 
+def foreign_supervisor_certificate(organization: str) -> bytes:
+    """A supervisor certificate (DER) for an organisation whose key nobody here holds, as a previous owner's."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([
+        x509.NameAttribute(NameOID.COMMON_NAME, organization),
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
+    ])
+    now = dt.datetime.now(dt.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=3650))
+        .sign(key, hashes.SHA256())
+    )
+    return certificate.public_bytes(serialization.Encoding.DER)
+
+
+def profile_identifier(profile: bytes) -> str:
+    """The PayloadIdentifier of a .mobileconfig (the key a device lists it under)."""
+    return str(plistlib.loads(profile)["PayloadIdentifier"])
+
+
 def _device_key() -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
@@ -153,7 +182,7 @@ class VirtualDevice:
             self.cloud_configuration = supervised_cloud_configuration(
                 spec.supervised_by, spec.supervisor_certificates
             )
-        self.profiles: dict[str, bytes] = {}
+        self.profiles: dict[str, bytes] = {profile_identifier(p): p for p in spec.profiles}
         self.pending_profiles: dict[str, bytes] = {}  # installed without supervision: waiting for a tap on the device
         self.stored_profile: bytes | None = None
         self.provisional_nonce: bytes | None = None

@@ -12,6 +12,7 @@ from typing import Any
 
 from stationd.emulator.activation import ActivationConnection
 from stationd.emulator.activation_server import ActivationAuthority, activation_app
+from stationd.emulator.control import check_loopback, control_app
 from stationd.emulator.device import DeviceSpec, VirtualDevice, generated_spec
 from stationd.emulator.lockdownd import LOCKDOWN_PORT, LockdownConnection
 from stationd.emulator.mcinstall import MCInstallConnection
@@ -49,11 +50,15 @@ class Emulator:
         tcp_address: str | None = None,
         speed: float = 1.0,
         activation_address: str | None = "127.0.0.1:0",
+        control_address: str | None = None,
+        seed: str = "stationd",
     ) -> None:
         if socket_path is None and tcp_address is None:
             raise ValueError("the emulator needs a UNIX socket path or a TCP address for usbmuxd")
         if speed < 0:
             raise ValueError("speed must be zero or more")
+        if control_address is not None:
+            check_loopback(control_address)
         self.socket_path = str(socket_path) if socket_path is not None else None
         self.tcp_address = tcp_address
         self.speed = speed
@@ -65,6 +70,9 @@ class Emulator:
         self.authority = ActivationAuthority()
         self.activation_address = activation_address
         self.activation: HTTPServer | None = None
+        self.control_address = control_address
+        self.control: HTTPServer | None = None
+        self.seed = seed
         self.tcp_port: int | None = None
         self._next_device_id = 1
         self._next_port = FIRST_SERVICE_PORT
@@ -84,6 +92,13 @@ class Emulator:
         await self.stop()
 
     async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
         if self.socket_path is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.socket_path)
@@ -97,10 +112,16 @@ class Emulator:
             host, port = parse_address(self.activation_address)
             self.activation = HTTPServer(activation_app(self.authority, self._is_locked), host, port)
             await self.activation.start()
+        if self.control_address is not None:
+            host, port = parse_address(self.control_address)
+            self.control = HTTPServer(control_app(self), host, port)
+            await self.control.start()
         for udid in list(self.devices):
             self.plug(udid)
 
     async def stop(self) -> None:
+        if self.control is not None:
+            await self.control.stop()
         for server in self._servers:
             server.close()
         for task in list(self._timers) + [t for tasks in self._streams.values() for t in tasks]:
@@ -130,6 +151,11 @@ class Emulator:
         """Base URL of the fake activation server; its endpoints live under /deviceservices/."""
         return f"{self.activation.url}/deviceservices" if self.activation else None
 
+    @property
+    def control_url(self) -> str | None:
+        """Base URL of the control API, when it runs."""
+        return self.control.url if self.control else None
+
     # -- devices --------------------------------------------------------------------------------------------------
     def _add(self, spec: DeviceSpec) -> VirtualDevice:
         if spec.udid in self.devices:
@@ -140,7 +166,7 @@ class Emulator:
 
     def add_device(self, spec: DeviceSpec | None = None, plug: bool = True) -> VirtualDevice:
         """Add a device (a generated one when no spec is given) and plug it in."""
-        device = self._add(spec or generated_spec(len(self.devices)))
+        device = self._add(spec or generated_spec(len(self.devices), self.seed))
         if plug:
             self.plug(device.udid)
         return device

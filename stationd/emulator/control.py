@@ -1,0 +1,146 @@
+"""The emulator's control API: look at virtual iPads, add them, pull and push their cables (JSON over HTTP).
+
+    GET  /                       where the emulator listens, speed, device counts
+    GET  /devices                full snapshots of every device
+    GET  /devices/{udid}         one snapshot
+    POST /devices                add a device: JSON with any DeviceSpec fields (identity generated when absent)
+    POST /devices/{udid}/unplug  pull the cable
+    POST /devices/{udid}/plug    plug it back: {"location_id": N} plugs it into another port
+
+It has no authentication: it listens on loopback only. Handlers run on the emulator's event loop.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import json
+from typing import TYPE_CHECKING, Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from stationd.emulator.scenario import ScenarioError, build_spec, check_unique
+from stationd.httpserve import parse_address
+
+if TYPE_CHECKING:
+    from stationd.emulator.emulator import Emulator
+
+
+def check_loopback(address: str) -> None:
+    """Refuse a control address that other machines could reach."""
+    host, _ = parse_address(address)
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ValueError(f"the control API has no authentication and listens on loopback only, not on {host}")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray)):
+        return base64.b64encode(value).decode()
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
+
+
+class _JSON(JSONResponse):
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, default=_jsonable, separators=(",", ":")).encode()
+
+
+def _error(status: int, message: str) -> Response:
+    return _JSON({"error": message}, status_code=status)
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    """The JSON object in the request body ({} when empty); ValueError when it is something else."""
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise ValueError("the request body is not JSON") from None
+    if not isinstance(body, dict):
+        raise ValueError("the request body must be a JSON object")
+    return body
+
+
+def control_app(emulator: Emulator) -> Starlette:
+    """The ASGI app of the control API for one emulator."""
+
+    async def summary(request: Request) -> Response:
+        devices = list(emulator.devices.values())
+        return _JSON({
+            "usbmuxd": emulator.usbmux_address,
+            "usbmuxd_env": f"USBMUXD_SOCKET_ADDRESS={emulator.usbmux_address}",
+            "activation_url": emulator.activation_url,
+            "control_url": emulator.control_url,
+            "speed": emulator.speed,
+            "seed": emulator.seed,
+            "devices": len(devices),
+            "attached": sum(1 for d in devices if d.attached),
+        })
+
+    async def list_devices(request: Request) -> Response:
+        return _JSON([d.snapshot() for d in emulator.devices.values()])
+
+    async def get_device(request: Request) -> Response:
+        device = emulator.devices.get(request.path_params["udid"])
+        if device is None:
+            return _error(404, f"no virtual device with UDID {request.path_params['udid']}")
+        return _JSON(device.snapshot())
+
+    async def add_device(request: Request) -> Response:
+        try:
+            spec = build_spec(await _body(request), len(emulator.devices), emulator.seed)
+            check_unique([spec], existing=[d.spec for d in emulator.devices.values()])
+        except ValueError as error:  # ScenarioError included
+            return _error(400, str(error))
+        device = emulator.add_device(spec)
+        return _JSON(device.snapshot(), status_code=201)
+
+    async def unplug(request: Request) -> Response:
+        udid = request.path_params["udid"]
+        if udid not in emulator.devices:
+            return _error(404, f"no virtual device with UDID {udid}")
+        return _JSON(emulator.unplug(udid).snapshot())
+
+    async def plug(request: Request) -> Response:
+        udid = request.path_params["udid"]
+        if udid not in emulator.devices:
+            return _error(404, f"no virtual device with UDID {udid}")
+        try:
+            body = await _body(request)
+            unknown = set(body) - {"location_id"}
+            if unknown:
+                raise ScenarioError("unknown key (only location_id can be given)", sorted(unknown)[0])
+            location = body.get("location_id")
+            if location is not None and (isinstance(location, bool) or not isinstance(location, int) or location < 0):
+                raise ScenarioError("must be a whole number, 0 or more", "location_id")
+        except ValueError as error:
+            return _error(400, str(error))
+        return _JSON(emulator.plug(udid, location).snapshot())
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return _error(404, f"no such endpoint: {request.method} {request.url.path}")
+
+    async def not_allowed(request: Request, exc: Exception) -> Response:
+        return _error(405, f"{request.method} is not allowed on {request.url.path}")
+
+    return Starlette(
+        routes=[
+            Route("/", summary, methods=["GET"]),
+            Route("/devices", list_devices, methods=["GET"]),
+            Route("/devices", add_device, methods=["POST"]),
+            Route("/devices/{udid}", get_device, methods=["GET"]),
+            Route("/devices/{udid}/unplug", unplug, methods=["POST"]),
+            Route("/devices/{udid}/plug", plug, methods=["POST"]),
+        ],
+        exception_handlers={404: not_found, 405: not_allowed},
+    )
