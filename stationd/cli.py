@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import collections
+import logging
 import os
+import time
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
+
+import anyio
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
-from stationd.config import ConfigError, check_config, default_config_path, example_config, load_config
+from stationd import logs
+from stationd.daemon import demo, run_station
+from stationd.doctor import run_checks
+from stationd.errors import StationError
+from stationd.events import Event
+from stationd.report import device_rows, to_csv, to_json
+from stationd.store import StoreError, open_store
+
+from stationd.config import Config, ConfigError, check_config, default_config_path, example_config, load_config
 from stationd.identity import (
     Identity,
     IdentityError,
@@ -180,6 +195,307 @@ def identity_show(
     except IdentityError as error:
         _error_exit(str(error))
     _print_identity(identity)
+
+
+def _load_or_exit(path: Path | None) -> Config:
+    """Load the configuration, or print every problem and exit 2."""
+    try:
+        return load_config(path or default_config_path())
+    except ConfigError as error:
+        typer.echo(f"error: problems in {error.path}:", err=True)
+        for issue in error.issues:
+            typer.echo(f"  {issue}", err=True)
+        raise typer.Exit(2) from None
+    except FileNotFoundError:
+        _error_exit(f"no configuration at {path or default_config_path()}: create one with `stationd init`")
+
+
+@app.command("run")
+def run_command(
+    config: Path | None = typer.Option(None, "--config", help=_CONFIG_OPTION_HELP),
+) -> None:
+    """Run the station: watch USB, provision every iPad that is plugged in, until stopped.
+
+    Each iPad goes through erase, activation, supervision, Wi-Fi, extra profiles, MDM enrollment, naming and
+    reporting, as the configuration says. Progress is saved at every step: unplug an iPad, or stop the station,
+    and it resumes where it stopped; no iPad is ever erased twice. Ctrl-C or SIGTERM parks every iPad cleanly.
+
+    Example: stationd run --config /etc/stationd/stationd.toml
+    """
+    loaded = _load_or_exit(config)
+    logs.configure(loaded.station.log_format)
+    try:
+        anyio.run(run_station, loaded)
+    except (IdentityError, StationError, StoreError) as error:
+        _error_exit(str(error))
+
+
+def _rows(config: Path | None) -> list[dict[str, Any]]:
+    loaded = _load_or_exit(config)
+    if not Path(loaded.station.database).exists():
+        _error_exit(f"no database at {loaded.station.database}: the station has not run yet")
+
+    async def read() -> list[dict[str, Any]]:
+        async with open_store(loaded.station.database) as store:
+            return await device_rows(store)
+
+    try:
+        return anyio.run(read)
+    except StoreError as error:
+        _error_exit(str(error))
+
+
+@app.command("status")
+def status_command(
+    config: Path | None = typer.Option(None, "--config", help=_CONFIG_OPTION_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Show each port now: which iPad is there, its step, and what needs a hand.
+
+    Example: stationd status --json
+    """
+    rows = [r for r in _rows(config) if r["port"] is not None]
+    rows.sort(key=lambda r: r["port"] or "")
+    if as_json:
+        typer.echo(to_json(rows), nl=False)
+        return
+    table = Table("port", "serial", "name", "state", "step", "problem")
+    for row in rows:
+        table.add_row(row["port"], row["serial"] or "?", row["name"] or "", row["state"], row["step"] or "", row["error_message"] or "")
+    Console().print(table)
+    counts = collections.Counter(r["state"] for r in rows)
+    typer.echo(", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "no iPads seen yet")
+
+
+@app.command("devices")
+def devices_command(
+    config: Path | None = typer.Option(None, "--config", help=_CONFIG_OPTION_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """List every iPad this station has seen, with serial, model, iOS version, state and last error.
+
+    Example: stationd devices
+    """
+    rows = _rows(config)
+    if as_json:
+        typer.echo(to_json(rows), nl=False)
+        return
+    table = Table("serial", "udid", "model", "iOS", "name", "state", "problem")
+    for row in rows:
+        table.add_row(row["serial"] or "?", row["udid"], row["model"] or "", row["ios_version"] or "", row["name"] or "", row["state"], row["error_message"] or "")
+    Console().print(table)
+
+
+@app.command("export")
+def export_command(
+    config: Path | None = typer.Option(None, "--config", help=_CONFIG_OPTION_HELP),
+    fmt: str = typer.Option("csv", "--format", help="csv or json."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Write to this file instead of the screen."),
+) -> None:
+    """Export every iPad (serial, UDID, ECID, model, iOS, Wi-Fi MAC, name, state, times, errors).
+
+    The CSV is what Apple School Manager and MDM imports want: one row per serial.
+
+    Example: stationd export --format csv -o cart-12.csv
+    """
+    if fmt not in ("csv", "json"):
+        _error_exit(f"--format must be csv or json, not {fmt!r}")
+    text = (to_csv if fmt == "csv" else to_json)(_rows(config))
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        output.write_text(text)
+        typer.echo(f"wrote {output}")
+
+
+@app.command("doctor")
+def doctor_command(
+    config: Path | None = typer.Option(None, "--config", help=_CONFIG_OPTION_HELP),
+) -> None:
+    """Check that this machine can run a station: configuration, identity, database, usbmuxd.
+
+    Example: stationd doctor
+    """
+    results = anyio.run(run_checks, config or default_config_path())
+    for ok, what, detail in results:
+        typer.echo(f"{'ok  ' if ok else 'FAIL'}  {what}: {detail}")
+    if not all(ok for ok, _, _ in results):
+        raise typer.Exit(1)
+
+
+@app.command("demo")
+def demo_command(
+    devices: int = typer.Option(8, "--devices", min=1, max=256, help="How many virtual iPads to plug in."),
+    speed: float = typer.Option(0.05, "--speed", min=0.0, help="Device timing factor: 1.0 is a real iPad's pace."),
+    exit_when_done: bool = typer.Option(False, "--exit-when-done", help="Stop once every iPad is done or failed."),
+    workdir: Path | None = typer.Option(None, "--workdir", help="Keep the demo's files (database, identity) here."),
+) -> None:
+    """Watch the station provision virtual iPads: no hardware, no network, nothing to configure.
+
+    Starts the emulator with N virtual iPads, a fake activation server and a fake MDM on this machine, and the
+    real daemon on them. Exit code 0 only if every iPad finished.
+
+    Example: stationd demo --devices 8 --exit-when-done
+    """
+    logs.configure("console", level=logging.WARNING)
+    console = Console()
+    started = time.monotonic()
+
+    def show(event: Event) -> None:
+        if event.kind in SHOWN_EVENTS:
+            elapsed = time.monotonic() - started
+            detail = event.data.get("error_message") or event.step or ""
+            console.print(f"{elapsed:7.1f}s  {event.port_label or '':>12}  {event.serial or event.udid or '':<12}  {event.kind:<16} {detail}")
+
+    results = anyio.run(lambda: demo(devices, speed=speed, exit_when_done=exit_when_done, workdir=workdir, show=show))
+    done = sum(1 for r in results.values() if r == "done")
+    console.print(f"{done} of {devices} iPads done, {len(results) - done} failed, in {time.monotonic() - started:.1f}s")
+    if exit_when_done and done != devices:
+        raise typer.Exit(1)
+
+
+SHOWN_EVENTS = {"device.attached", "step.started", "step.waiting", "step.retrying", "step.failed", "device.done"}
+
+
+@app.command("emulator")
+def emulator_command(
+    socket: Path | None = typer.Option(
+        None, "--socket", metavar="PATH", help="UNIX socket of the emulated usbmuxd. Default: /tmp/stationd-ipads.sock."
+    ),
+    tcp: str | None = typer.Option(
+        None, "--tcp", metavar="HOST:PORT", help="Also serve usbmuxd on TCP (understood by every client)."
+    ),
+    control: str = typer.Option(
+        "127.0.0.1:7780", "--control", metavar="127.0.0.1:PORT", help="Control API (loopback only; 0: a free port)."
+    ),
+    activation: str = typer.Option(
+        "127.0.0.1:7781", "--activation", metavar="127.0.0.1:PORT", help="Fake Apple activation server."
+    ),
+    devices: int | None = typer.Option(
+        None, "--devices", min=0, max=1024, help="Generated iPads. Default 4; with --scenario, added to its devices."
+    ),
+    scenario: Path | None = typer.Option(
+        None, "--scenario", metavar="FILE", help="TOML file: which iPads, in which state, with which faults."
+    ),
+    speed: float | None = typer.Option(
+        None, "--speed", min=0.0, help="Multiplies device delays: 1 is a real iPad's pace, 0.05 twenty times faster."
+    ),
+) -> None:
+    r"""Run virtual iPads, to rehearse a station without touching a real one.
+
+    The virtual iPads answer on an emulated usbmuxd as iPads on USB do:
+    pairing, TLS sessions, supervision, profiles, activation (against a fake
+    Apple server), erase and reboot. The emulator runs until Ctrl-C.
+
+    Rehearse a station:
+    1. stationd emulator --socket /tmp/ipads.sock --devices 4 --speed 0.05
+    2. in stationd.toml: \[station] usbmuxd = "/tmp/ipads.sock"
+       and \[activation] url = "http://127.0.0.1:7781/deviceservices"
+    3. stationd run, and watch: curl http://127.0.0.1:7780/devices
+    4. pull a cable: curl -X POST http://127.0.0.1:7780/devices/UDID/unplug
+    Or use pymobiledevice3: export USBMUXD_SOCKET_ADDRESS=/tmp/ipads.sock
+
+    Control API: GET /devices, GET /devices/UDID, POST /devices (add an iPad:
+    JSON with scenario keys), POST /devices/UDID/unplug, POST /devices/UDID/plug.
+    """
+    import asyncio
+    import signal
+    import tempfile
+
+    from stationd.emulator.device import generated_spec
+    from stationd.emulator.emulator import Emulator
+    from stationd.emulator.scenario import ScenarioError, generated_scenario, load_scenario
+
+    try:
+        plan = load_scenario(scenario) if scenario else generated_scenario(4 if devices is None else devices)
+    except ScenarioError as error:
+        _error_exit(str(error))
+    if scenario and devices:
+        plan.specs += [generated_spec(len(plan.specs) + i, plan.seed) for i in range(devices)]
+    socket_path = socket or Path(tempfile.gettempdir()) / "stationd-ipads.sock"
+    if _emulator_socket_in_use(socket_path):
+        _error_exit(f"something already listens on {socket_path} (a real usbmuxd?); choose another --socket PATH")
+    try:
+        emulator = Emulator(
+            plan.specs,
+            socket_path=socket_path,
+            tcp_address=tcp,
+            speed=plan.speed if speed is None else speed,
+            seed=plan.seed,
+            control_address=control,
+            activation_address=activation,
+        )
+    except ValueError as error:
+        _error_exit(str(error))
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        async with emulator:
+            _emulator_banner(emulator)
+            await stop.wait()
+
+    try:
+        asyncio.run(serve())
+    except OSError as error:
+        reason = error.strerror or str(error)
+        _error_exit(f"cannot listen: {reason}; choose other addresses (--socket, --tcp, --control, --activation)")
+    typer.echo("emulator stopped")
+
+
+def _emulator_socket_in_use(path: Path) -> bool:
+    """True when a live server answers on the UNIX socket at `path` (never replace a running usbmuxd)."""
+    import socket
+
+    if not path.exists():
+        return False
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
+def _emulator_banner(emulator: Any) -> None:
+    """Where the emulator listens, and its iPads."""
+    from stationd.httpserve import parse_address
+
+    address = emulator.usbmux_address
+    typer.echo(f"usbmuxd:      {address}")
+    typer.echo(f"  for pymobiledevice3:  export USBMUXD_SOCKET_ADDRESS={address}")
+    if emulator.socket_path:
+        typer.echo(f"  for libimobiledevice: export USBMUXD_SOCKET_ADDRESS=UNIX:{address}")
+    if emulator.tcp_address:
+        typer.echo(f"usbmuxd TCP:  {parse_address(emulator.tcp_address)[0]}:{emulator.tcp_port}")
+    typer.echo(f"control API:  {emulator.control_url}")
+    typer.echo(f"activation:   {emulator.activation_url}")
+    console = Console()
+    count = len(emulator.devices)
+    table = Table(title=f"{count} virtual iPad{'' if count == 1 else 's'}, speed {emulator.speed:g}")
+    for column in ("UDID", "serial", "model", "port", "state"):
+        table.add_column(column, no_wrap=column in ("UDID", "serial"))
+    for device in emulator.devices.values():
+        spec = device.spec
+        state = [device.activation_state]
+        if device.organization:
+            state.append(f"supervised by {device.organization}")
+        if spec.dep:
+            state.append(f"DEP: {spec.dep.organization}")
+        if spec.activation_locked:
+            state.append("Activation Lock")
+        if not device.setup_assistant:
+            state.append("set up")
+        if spec.faults:
+            state.append(f"{len(spec.faults)} fault(s)")
+        table.add_row(device.udid, spec.serial, spec.product_type, f"0x{device.location_id:08x}", ", ".join(state))
+    console.print(table)
+    console.print("Ctrl-C stops the emulator.")
+    console.file.flush()
 
 
 def main() -> None:

@@ -103,7 +103,9 @@ async def wifi(ctx: StepContext) -> Outcome:
     except OSError as e:
         raise ConfigurationError(f"cannot read the Wi-Fi profile {source}: {e.strerror}") from e
     profile = _profile(data, source)
-    await ctx.session.install_profile(data)
+    # In DEP mode Wi-Fi comes before supervision (the iPad needs it to reach Apple): installed while still in
+    # Setup Assistant, where no prompt is shown.
+    await ctx.session.install_profile(data, silent=ctx.config.enrollment.mode != "dep")
     return Outcome({"profile": profile.get("PayloadIdentifier")})
 
 
