@@ -179,6 +179,36 @@ class TimeoutsConfig:
 
 
 @dataclass(frozen=True)
+class PortsConfig:
+    """[ports]: labels for the physical USB ports, by usbmuxd LocationID ("0x01110000" = "Hub A · 1")."""
+
+    labels: dict[int, str] = field(default_factory=dict)
+
+    def label(self, location_id: int | None) -> str | None:
+        """The port's label; an unmapped port is labelled by its LocationID."""
+        if location_id is None:
+            return None
+        return self.labels.get(location_id) or f"0x{location_id:08x}"
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    """[api]: the HTTP API and dashboard. Loopback by default; mutating endpoints need the token."""
+
+    listen: str | None = "127.0.0.1:8480"
+    token: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class PluginsConfig:
+    """[plugins]: which plugins run, how long a hook may take, and each plugin's own [plugins.NAME] table."""
+
+    enabled: tuple[str, ...] = ()
+    timeout: float = 5.0
+    settings: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration; `source` is the file it was read from, if any."""
 
@@ -191,6 +221,9 @@ class Config:
     naming: NamingConfig = field(default_factory=NamingConfig)
     activation: ActivationConfig = field(default_factory=ActivationConfig)
     timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)
+    ports: PortsConfig = field(default_factory=PortsConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+    plugins: PluginsConfig = field(default_factory=PluginsConfig)
     source: Path | None = None
 
 
@@ -204,8 +237,11 @@ _SECTIONS: dict[str, type] = {
     "naming": NamingConfig,
     "activation": ActivationConfig,
     "timeouts": TimeoutsConfig,
+    "ports": PortsConfig,
+    "api": ApiConfig,
+    "plugins": PluginsConfig,
 }
-_SECRETS = {("wifi", "password")}
+_SECRETS = {("wifi", "password"), ("api", "token")}
 
 
 @dataclass(frozen=True)
@@ -386,6 +422,24 @@ def _path_list(base: Path) -> Converter:
     return convert
 
 
+def _listen(value: Any) -> str | None:
+    """'host:port' for the HTTP API, or "" to turn it off."""
+    text = _text(value).strip()
+    if not text:
+        return None
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise _Invalid("an address like 127.0.0.1:8480 (or 0.0.0.0:8480 for the LAN, or \"\" to turn it off)")
+    return text
+
+
+def _token(value: Any) -> str:
+    text = _text(value)
+    if len(text) < 16:
+        raise _Invalid("", message="the token must be at least 16 characters; make one with: openssl rand -hex 24")
+    return text
+
+
 def _url(value: Any) -> str:
     parts = urlsplit(value) if isinstance(value, str) else None
     if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
@@ -445,6 +499,8 @@ def _schema(base: Path) -> dict[str, dict[str, Converter]]:
         "timeouts": {
             name: _integer(0) if name == "retries" else _seconds for name in (f.name for f in fields(TimeoutsConfig))
         },
+        "api": {"listen": _listen, "token": _token},
+        "plugins": {"enabled": _text_list, "timeout": _seconds},
     }
 
 
@@ -461,7 +517,10 @@ class _Reader:
     def config(self) -> Config:
         schema = _schema(self.path.parent)
         self._unknown_sections(schema)
+        plugin_settings = self._plugin_tables()
         values = {name: self._section(name, converters) for name, converters in schema.items()}
+        values["ports"] = {"labels": self._ports()}
+        values["plugins"]["settings"] = plugin_settings
         self._check_organization(values["organization"])
         self._check_wifi(values["wifi"])
         self._check_enrollment(values["enrollment"])
@@ -478,9 +537,40 @@ class _Reader:
         line = line or self.lines.get((section,))
         self.issues.append(ConfigIssue(line, f"{section}.{key}" if key else f"[{section}]", message))
 
+    def _ports(self) -> dict[int, str]:
+        """[ports]: keys are LocationIDs (hex like "0x01110000" or decimal), values the labels people read."""
+        table = self.data.get("ports", {})
+        if not isinstance(table, dict):
+            self.error("ports", None, 'must be a section: [ports] then lines like "0x01110000" = "Hub A · 1"')
+            return {}
+        labels: dict[int, str] = {}
+        for key, value in table.items():
+            try:
+                location = int(key, 0)
+            except ValueError:
+                self.error("ports", key, 'is not a LocationID; write it as `stationd ports --learn` does, for '
+                           'example: "0x01110000" = "Hub A · 1"')
+                continue
+            if not isinstance(value, str) or not value.strip():
+                self.error("ports", key, 'the label must be text, for example: "Hub A · 1"')
+            elif value in labels.values():
+                self.error("ports", key, f"the label {value!r} is already used by another port")
+            else:
+                labels[location] = value.strip()
+        return labels
+
+    def _plugin_tables(self) -> dict[str, dict[str, Any]]:
+        """Take the [plugins.NAME] tables out of [plugins]: each plugin checks its own settings."""
+        table = self.data.get("plugins")
+        if not isinstance(table, dict):
+            return {}
+        settings = {name: value for name, value in table.items() if isinstance(value, dict)}
+        self.data["plugins"] = {k: v for k, v in table.items() if k not in settings}
+        return settings
+
     def _unknown_sections(self, schema: dict[str, dict[str, Converter]]) -> None:
         for name, value in self.data.items():
-            if name in schema:
+            if name in schema or name == "ports":
                 continue
             if not isinstance(value, dict):
                 line = self.lines.get((name,))
@@ -747,4 +837,29 @@ enroll = 300
 report = 60
 # How many times a failed step is tried again.
 retries = 3
+
+[ports]
+# A label for each USB port, so people read "Hub A · 7" instead of a number. `stationd ports --learn` writes
+# these lines for you: plug one iPad into each port in turn. Ports not listed show their LocationID.
+# "0x01110000" = "Hub A · 1"
+
+[api]
+# The HTTP API and the live dashboard (open http://127.0.0.1:8480/ in a browser).
+# Write listen = "0.0.0.0:8480" to let phones and laptops on the LAN see the dashboard, or "" to turn it off.
+listen = "127.0.0.1:8480"
+# Retrying, skipping a step or forgetting an iPad through the API needs this token (at least 16 characters;
+# make one with: openssl rand -hex 24). Without a token those actions are refused.
+# token = "..."
+
+[plugins]
+# Built-in plugins to run: terminal (a live board in this terminal), leds (a light per port), webhook (Slack,
+# Teams or any JSON endpoint), desktop (notifications on this computer). Plugins installed with pip that
+# register in the "stationd.plugins" entry-point group run as well.
+enabled = []
+# Longest time in seconds a plugin may take to handle one event; a slower plugin is skipped for that event.
+timeout = 5
+# Each plugin reads its settings from its own table, for example:
+# [plugins.webhook]
+# url = "https://hooks.slack.com/services/..."
+# format = "slack"
 """
