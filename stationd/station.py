@@ -29,11 +29,6 @@ log = structlog.get_logger("stationd.station")
 STEP_TIMEOUT_FIELDS = {"profiles": "wifi", "name": "report"}
 
 
-def port_label(location_id: int | None) -> str | None:
-    """An unmapped port is labelled by its usbmuxd LocationID."""
-    return None if location_id is None else f"0x{location_id:08x}"
-
-
 class Station:
     def __init__(
         self,
@@ -58,6 +53,8 @@ class Station:
         self.limiter = anyio.CapacityLimiter(config.station.concurrency)
         self.workers: dict[str, DeviceWorker] = {}
         self.running_step: dict[str, str] = {}
+        self.ports: dict[str, tuple[str, str]] = {}  # port label -> (udid, status)
+        self._batch_announced = True
         self.pair_records = config.station.pair_records or Path(config.station.database).parent / "pair-records"
         self._tasks: anyio.abc.TaskGroup | None = None
 
@@ -91,20 +88,118 @@ class Station:
             if worker is None:
                 worker = self.workers[usb.udid] = DeviceWorker(self, usb.udid)
                 assert self._tasks is not None
-                self._tasks.start_soon(worker.run, name=f"device {usb.udid}")
-            label = port_label(usb.location_id)
+                self._tasks.start_soon(self._run_worker, worker, name=f"device {usb.udid}")
+            label = self.config.ports.label(usb.location_id)
             worker.on_attached(usb.location_id, label)
             self._tasks.start_soon(self._attached_event, usb.udid, usb.location_id, label)  # type: ignore[union-attr]
         elif usb.kind == "detached" and usb.udid in self.workers:
             self.workers[usb.udid].on_detached()
             self._tasks.start_soon(self._detached_event, usb.udid)  # type: ignore[union-attr]
 
+    async def _run_worker(self, worker: DeviceWorker) -> None:
+        try:
+            await worker.run()
+        finally:
+            if self.workers.get(worker.udid) is worker and worker.life.cancel_called:
+                del self.workers[worker.udid]
+
     async def _attached_event(self, udid: str, location_id: int | None, label: str | None) -> None:
         await self.store.upsert_device(udid, location_id=location_id, port_label=label)
         await self.event("device.attached", udid=udid, data={"location_id": location_id})
+        await self._port_update(udid)
 
     async def _detached_event(self, udid: str) -> None:
         await self.event("device.detached", udid=udid)
+        await self._port_update(udid)
+
+    # -- ports and batches ----------------------------------------------------------------------------------------
+    def port_status(self, udid: str, state: str | None) -> str:
+        """What a port shows: busy, waiting (for the iPad to come back: rebooting, or unplugged mid-job), done,
+        failed, or empty once a finished iPad is taken away."""
+        worker = self.workers.get(udid)
+        attached = worker is not None and worker.attached.is_set()
+        if state in ("done", "failed"):
+            return state if attached else "empty"
+        if state in (None, "new"):
+            return "busy" if attached else "empty"
+        return "busy" if attached and state != "waiting" else "waiting"
+
+    async def _port_update(self, udid: str) -> None:
+        device = await self.store.get_device(udid)
+        if device is None or device.port_label is None:
+            return
+        status = self.port_status(udid, device.state)
+        previous = self.ports.get(device.port_label)
+        if previous == (udid, status):
+            return
+        self.ports[device.port_label] = (udid, status)
+        await self.event(
+            "port.changed", udid=udid, data={"status": status, "previous": previous[1] if previous else "empty"}
+        )
+        if status in ("done", "failed"):
+            await self._batch_update()
+
+    async def _batch_update(self) -> None:
+        """A cart is finished when no port is busy or waiting: say so once per batch."""
+        statuses = [status for _, status in self.ports.values()]
+        if any(status in ("busy", "waiting") for status in statuses):
+            self._batch_announced = False
+            return
+        if self._batch_announced:
+            return
+        self._batch_announced = True
+        done, failed = statuses.count("done"), statuses.count("failed")
+        await self.event("batch.done", data={"done": done, "failed": failed})
+
+    # -- operator actions -----------------------------------------------------------------------------------------
+    async def retry(self, udid: str) -> bool:
+        """Run a failed device again from where it stopped, or provision a done one again (a new job)."""
+        jobs = await self.store.jobs_for(udid)
+        if not jobs:
+            return False
+        latest = jobs[-1]
+        if latest.status == "failed":
+            await self.transition(
+                udid, latest, "job.retried", state="waiting", job_status="running", data={"reason": "operator"}
+            )
+        elif latest.status == "done":
+            job = await self.store.open_job(udid, self.station_id)
+            await self.transition(udid, job, "operator.retry", state="new", data={"reason": "operator"})
+        self._nudge(udid)
+        return True
+
+    async def skip(self, udid: str, step: str) -> bool:
+        """Count a step as done (the operator did it by hand, or it does not apply) and go on."""
+        if step not in self.plan:
+            raise ValueError(f"unknown step {step!r}; the steps are {', '.join(self.plan)}")
+        jobs = await self.store.jobs_for(udid)
+        if not jobs:
+            return False
+        latest = jobs[-1]
+        status = "running" if latest.status == "failed" else None
+        await self.transition(
+            udid, latest, "operator.skip", state="waiting", completed_step=step, job_status=status, data={"step": step}
+        )
+        self._nudge(udid)
+        return True
+
+    async def forget(self, udid: str) -> bool:
+        """Drop everything known about a device (its events stay in the audit trail)."""
+        worker = self.workers.pop(udid, None)
+        if worker is not None:
+            worker.life.cancel()
+        for label, (owner, _) in list(self.ports.items()):
+            if owner == udid:
+                del self.ports[label]
+        if await self.store.get_device(udid) is None:
+            return False
+        await self.event("operator.forget", udid=udid)
+        return await self.store.forget_device(udid, station_id=self.station_id)
+
+    def _nudge(self, udid: str) -> None:
+        worker = self.workers.get(udid)
+        if worker is not None:
+            worker.nudge()
 
     # -- helpers the workers use ----------------------------------------------------------------------------------
     def open_session(self, udid: str) -> DeviceSession:
@@ -145,6 +240,8 @@ class Station:
             udid=udid, job_id=job.id, station_id=self.station_id, kind=kind, **fields
         )
         self.bus.publish(Event.from_record(record))
+        if "state" in fields:
+            await self._port_update(udid)
         return await self.current(job)
 
     async def interrupted(self, udid: str, job: JobRecord, reason: str) -> None:

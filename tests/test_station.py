@@ -218,3 +218,47 @@ def test_plan_orders_steps_per_mode(tmp_path: Path) -> None:
         "identify", "supervise", "wifi", "name", "report"]
     with pytest.raises(ConfigurationError, match="wifi"):
         plan(dataclasses.replace(base, wifi=None, enrollment=EnrollmentConfig(mode="dep")))
+
+
+@pytest.mark.anyio
+async def test_ports_change_state_and_the_batch_is_announced_once(tmp_path: Path) -> None:
+    specs = [generated_spec(0), generated_spec(1, activated=False, activation_locked=True)]
+    async with make_rig(tmp_path, specs) as rig:
+        seen: list = []
+
+        def until_batch_done(event) -> bool:
+            seen.append(event)
+            return event.kind == "batch.done"
+
+        await rig.run_until_settled(["only batch.done ends this run"], on_event=until_batch_done)
+        changes = [(e.port_label, e.data["status"]) for e in seen if e.kind == "port.changed"]
+        assert ("0x01110000", "busy") in changes and ("0x01120000", "busy") in changes
+        assert ("0x01110000", "done") in changes and ("0x01120000", "failed") in changes
+        assert [e.data for e in seen if e.kind == "batch.done"] == [{"done": 1, "failed": 1}]
+        assert all(e.serial for e in seen if e.kind == "port.changed" and e.data["status"] in ("done", "failed"))
+
+
+@pytest.mark.anyio
+async def test_operator_retry_skip_and_forget(tmp_path: Path) -> None:
+    locked = generated_spec(0, activated=False, activation_locked=True)
+    async with make_rig(tmp_path, [locked]) as rig:
+        async with rig.station() as station:
+            with station.bus.subscribe() as events:
+                async for event in events:
+                    if event.kind == "step.failed":
+                        break
+                rig.emulator.devices[locked.udid].spec.activation_locked = False
+                assert await station.retry(locked.udid)
+                async for event in events:
+                    if event.kind in ("device.done", "step.failed"):
+                        break
+                assert event.kind == "device.done"
+                assert rig.device(locked.udid)["erase_count"] == 1
+
+                assert await station.skip(locked.udid, "wifi")
+                with pytest.raises(ValueError, match="unknown step"):
+                    await station.skip(locked.udid, "polish")
+                assert await station.forget(locked.udid)
+                assert await station.store.get_device(locked.udid) is None
+                assert not await station.forget(locked.udid)
+                assert not await station.retry("no-such-udid")

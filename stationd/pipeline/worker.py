@@ -58,12 +58,8 @@ class StepContext:
         return next((i for i, d in enumerate(devices, 1) if d.udid == self.udid), len(devices) + 1)
 
 
-class Detached(Exception):
-    """The device went away while we waited for it."""
-
-
 class DeviceWorker:
-    """Drives one device's job; lives from its first attach until the job is done or failed."""
+    """Drives one device's jobs; lives from the device's first attach until the station stops or forgets it."""
 
     def __init__(self, station: Station, udid: str) -> None:
         self.station = station
@@ -73,11 +69,13 @@ class DeviceWorker:
         self.attached = anyio.Event()
         self.detached = anyio.Event()
         self.detached.set()
-        self.scope: anyio.CancelScope | None = None
+        self.wake = anyio.Event()  # set on detach and by operator actions: look at the device again
+        self.scope: anyio.CancelScope | None = None  # the attempt in progress, cancelled by a detach
+        self.life = anyio.CancelScope()  # the whole worker, cancelled when the device is forgotten
         self.deadline: float | None = None  # when an erased device must be back
         self.log = log.bind(udid=udid)
 
-    # -- signals from the USB watcher -----------------------------------------------------------------------------
+    # -- signals from the USB watcher and the operator ------------------------------------------------------------
     def on_attached(self, location_id: int | None, port_label: str | None) -> None:
         self.location_id, self.port_label = location_id, port_label
         self.detached = anyio.Event()
@@ -86,45 +84,50 @@ class DeviceWorker:
     def on_detached(self) -> None:
         self.attached = anyio.Event()
         self.detached.set()
+        self.wake.set()
         if self.scope is not None:
             self.scope.cancel()
 
+    def nudge(self) -> None:
+        """An operator changed the device's job (retry, skip): run it now if the device is here."""
+        self.wake.set()
+
     # -- the loop -------------------------------------------------------------------------------------------------
     async def run(self) -> None:
-        while True:
-            if not await self._wait_attached():
-                return
-            job = await self.station.job_for(self.udid)
-            if job is None:
-                await self.detached.wait()
-                continue
-            result = await self._attempt(job)
-            if result in ("done", "failed"):
-                await self.detached.wait()
-            elif result == "waiting":
-                await self._wait_detached(time.monotonic() + self.station.config.timeouts.erase_start)
-            elif result == "interrupted":
-                await self._wait_detached(time.monotonic() + self.station.backoff[0])
+        with self.life:
+            while True:
+                await self._wait_attached()
+                self.wake = anyio.Event()
+                job = await self.station.job_for(self.udid)
+                result = "idle" if job is None else await self._attempt(job)
+                if result in ("idle", "done", "failed"):
+                    await self.wake.wait()
+                elif result == "waiting":
+                    await self._wait_detached(time.monotonic() + self.station.config.timeouts.erase_start)
+                elif result == "interrupted":
+                    await self._wait_detached(time.monotonic() + self.station.backoff[0])
 
-    async def _wait_detached(self, deadline: float | None) -> None:
+    async def _wait_detached(self, deadline: float) -> None:
         """Let the device go away (an erasing iPad detaches) before looking for it again."""
-        with anyio.move_on_after(max(0.0, (deadline or 0.0) - time.monotonic())):
+        with anyio.move_on_after(max(0.0, deadline - time.monotonic())):
             await self.detached.wait()
 
-    async def _wait_attached(self) -> bool:
-        """Wait for the device; False when an erased device failed to come back in time (the job then failed)."""
-        if self.deadline is None:
-            await self.attached.wait()
-            return True
-        with anyio.move_on_after(max(0.0, self.deadline - time.monotonic())):
-            await self.attached.wait()
-            return True
-        job = await self.station.job_for(self.udid)
+    async def _wait_attached(self) -> None:
+        """Wait for the device; an erased device that is not back by its deadline fails its job, then is awaited."""
+        if self.deadline is not None:
+            with anyio.move_on_after(max(0.0, self.deadline - time.monotonic())):
+                await self.attached.wait()
+            if not self.attached.is_set():
+                await self._erase_timed_out()
+        await self.attached.wait()
+
+    async def _erase_timed_out(self) -> None:
         self.deadline = None
-        if job is not None:
+        jobs = await self.station.store.jobs_for(self.udid)
+        if jobs and jobs[-1].status == "running":
             await self.station.transition(
                 self.udid,
-                job,
+                jobs[-1],
                 "step.failed",
                 state="failed",
                 step="erase",
@@ -133,8 +136,6 @@ class DeviceWorker:
                 error_message="The iPad did not come back after erasing. Check its screen; when it shows Hello, "
                 "replug it.",
             )
-        await self.attached.wait()
-        return True
 
     async def _attempt(self, job: JobRecord) -> str:
         """Run the job while the device stays attached: 'done', 'failed', 'waiting' or 'interrupted'."""
