@@ -30,7 +30,7 @@ from stationd.store import open_store
 log = structlog.get_logger("stationd")
 
 
-async def _cancel_on_signal(scope: anyio.CancelScope) -> None:
+async def cancel_on_signal(scope: anyio.CancelScope) -> None:
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
             log.info("station.signal", signal=signal.Signals(signum).name)
@@ -44,7 +44,7 @@ async def run_station(config: Config) -> None:
     async with open_store(config.station.database) as store:
         station = Station(config, store, identity)
         async with anyio.create_task_group() as tasks:
-            tasks.start_soon(_cancel_on_signal, tasks.cancel_scope)
+            tasks.start_soon(cancel_on_signal, tasks.cancel_scope)
             log.info("station.starting", station=config.station.id, steps=station.plan, database=str(config.station.database))
             await station.run()
 
@@ -92,7 +92,7 @@ async def demo(
                 with station.bus.subscribe() as events:
                     async with running(station):
                         async with anyio.create_task_group() as tasks:
-                            tasks.start_soon(_cancel_on_signal, tasks.cancel_scope)
+                            tasks.start_soon(cancel_on_signal, tasks.cancel_scope)
                             async for event in events:
                                 show(event)
                                 if event.kind in FINAL_KINDS and event.udid:
