@@ -1,6 +1,13 @@
 """Virtual iPads: usbmuxd, lockdownd (with TLS), MCInstall and mobileactivationd as a real client sees them."""
 
-from stationd.emulator.device import DepAssignment, DeviceSpec, Fault, Latency, VirtualDevice, generated_spec
+from stationd.emulator.device import (
+    DepAssignment,
+    DeviceSpec,
+    Fault,
+    Latency,
+    VirtualDevice,
+    generated_spec,
+)
 from stationd.emulator.emulator import Emulator
 
 __all__ = ["DepAssignment", "DeviceSpec", "Emulator", "Fault", "Latency", "VirtualDevice", "generated_spec"]

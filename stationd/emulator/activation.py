@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import plistlib
 from typing import TYPE_CHECKING, Any
@@ -10,39 +9,17 @@ from typing import TYPE_CHECKING, Any
 from stationd.emulator.activation_server import record_for_device
 from stationd.emulator.device import VirtualDevice
 from stationd.emulator.mcinstall import dep_cloud_configuration
-from stationd.emulator.wire import plist_frame, read_plist
+from stationd.emulator.service import DeviceService
 
 if TYPE_CHECKING:
     from stationd.emulator.emulator import Emulator
 
 
-class ActivationConnection:
+class ActivationConnection(DeviceService):
     """One host connection to mobileactivationd (hosts open one per command)."""
 
-    def __init__(self, emulator: Emulator, device: VirtualDevice, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
-        self.emulator = emulator
-        self.device = device
-        self.reader = reader
-        self.writer = writer
-
-    async def serve(self) -> None:
-        while True:
-            message = await read_plist(self.reader)
-            command = str(message.get("Command", ""))
-            fault = self.device.fault_for(command)
-            if fault is not None:
-                self.device.log("mobileactivationd", command, f"fault:{fault.action}")
-                if fault.action == "drop":
-                    return
-                if fault.action == "hang":
-                    await asyncio.Event().wait()
-                reply: dict[str, Any] = {"Error": "The device is busy."}
-            else:
-                handler = getattr(self, "do_" + command, None)
-                reply = await handler(message) if handler else {"Error": f"Unknown command {command!r}"}
-            self.device.log("mobileactivationd", command, str(reply.get("Error", "ok")))
-            self.writer.write(plist_frame(reply))
-            await self.writer.drain()
+    channel = "mobileactivationd"
+    key = "Command"
 
     async def do_GetActivationStateRequest(self, message: dict[str, Any]) -> dict[str, Any]:
         return {"Value": self.device.activation_state}

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import uuid
 from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 
-from stationd.emulator.device import VirtualDevice
 from stationd.emulator.pkcs7 import SignatureInvalid, verify_signed_challenge
+from stationd.emulator.service import DeviceService
 from stationd.emulator.tls import device_tls_context
-from stationd.emulator.wire import plist_frame, read_plist
 
 if TYPE_CHECKING:
-    from stationd.emulator.emulator import Emulator
+    pass
 
 LOCKDOWN_PORT = 62078
 SERVICES = ("com.apple.mobile.MCInstall", "com.apple.mobileactivationd")
@@ -26,46 +24,33 @@ class Drop(Exception):
     """A fault asks to drop the connection now."""
 
 
-class LockdownConnection:
+class LockdownConnection(DeviceService):
     """One host connection to lockdownd; holds its session and any pending supervision challenge."""
 
-    def __init__(self, emulator: Emulator, device: VirtualDevice, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
-        self.emulator = emulator
-        self.device = device
-        self.reader = reader
-        self.writer = writer
+    channel = "lockdownd"
+    key = "Request"
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
         self.session_host: str | None = None
         self.session_id: str | None = None
         self.challenge: bytes | None = None
         self.challenge_certificate: bytes | None = None
 
-    async def serve(self) -> None:
-        while True:
-            message = await read_plist(self.reader)
-            request = str(message.get("Request", ""))
-            fault = self.device.fault_for(request)
-            if fault is not None:
-                self.device.log("lockdownd", request, f"fault:{fault.action}")
-                if fault.action == "drop":
-                    return
-                if fault.action == "hang":
-                    await asyncio.Event().wait()
-                await self._send({"Request": request, "Error": "InternalError"})
-                continue
-            handler = getattr(self, "do_" + request, None)
-            if handler is None:
-                reply: dict[str, Any] = {"Request": request, "Error": "InvalidRequest"}
-            else:
-                reply = await handler(message)
-            reply.setdefault("Request", request)
-            self.device.log("lockdownd", request, reply.get("Error", "ok"))
-            await self._send(reply)
-            if request == "StartSession" and "Error" not in reply:
-                await self._start_tls()
+    def complete(self, request: str, reply: dict[str, Any]) -> dict[str, Any]:
+        reply.setdefault("Request", request)
+        return reply
 
-    async def _send(self, reply: dict[str, Any]) -> None:
-        self.writer.write(plist_frame(reply))
-        await self.writer.drain()
+    def busy(self, request: str) -> dict[str, Any]:
+        return {"Request": request, "Error": "InternalError"}
+
+    def unknown(self, request: str) -> dict[str, Any]:
+        return {"Request": request, "Error": "InvalidRequest"}
+
+    async def after(self, request: str, reply: dict[str, Any]) -> bool:
+        if request == "StartSession" and "Error" not in reply:
+            await self._start_tls()
+        return True
 
     async def _start_tls(self) -> None:
         record = self.device.paired_hosts[self.session_host]  # type: ignore[index]

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import plistlib
 from typing import TYPE_CHECKING, Any
 
-from stationd.emulator.device import VirtualDevice
 from stationd.emulator.pkcs7 import SignatureInvalid, verify_signed_challenge
-from stationd.emulator.wire import plist_frame, read_plist
+from stationd.emulator.service import DeviceService
 
 if TYPE_CHECKING:
-    from stationd.emulator.emulator import Emulator
+    pass
 
 # Error codes of the MCInstall / MCCloudConfiguration domains as devices report them.
 CLOUD_CONFIGURATION_ALREADY_PRESENT = 14002
@@ -64,46 +62,32 @@ def parse_profile(data: Any) -> tuple[dict[str, Any] | None, dict[str, Any] | No
     return profile, None
 
 
-class MCInstallConnection:
+class MCInstallConnection(DeviceService):
     """One host connection to MCInstall; escalation (supervisor proof) lasts for this connection only."""
 
-    def __init__(self, emulator: Emulator, device: VirtualDevice, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
-        self.emulator = emulator
-        self.device = device
-        self.reader = reader
-        self.writer = writer
+    channel = "MCInstall"
+    key = "RequestType"
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
         self.challenge: bytes | None = None
         self.challenge_certificate: bytes | None = None
         self.escalated = False
 
-    async def serve(self) -> None:
-        while True:
-            message = await read_plist(self.reader)
-            request = str(message.get("RequestType", ""))
-            fault = self.device.fault_for(request)
-            if fault is not None:
-                self.device.log("MCInstall", request, f"fault:{fault.action}")
-                if fault.action == "drop":
-                    return
-                if fault.action == "hang":
-                    await asyncio.Event().wait()
-                await self._send(error(INVALID_REQUEST, "MCInstallationErrorDomain", "The device is busy."))
-                continue
-            handler = getattr(self, "do_" + request, None)
-            if handler is None:
-                reply = error(INVALID_REQUEST, "MCInstallationErrorDomain", f"Unknown request {request!r}.")
-            else:
-                reply = await handler(message)
-            result = "ok" if reply.get("Status") == "Acknowledged" else str(reply["ErrorChain"][0]["ErrorCode"])
-            self.device.log("MCInstall", request, result)
-            await self._send(reply)
-            if request == "EraseDevice" and reply.get("Status") == "Acknowledged":
-                self.emulator.erase(self.device)
-                return
+    def busy(self, request: str) -> dict[str, Any]:
+        return error(INVALID_REQUEST, "MCInstallationErrorDomain", "The device is busy.")
 
-    async def _send(self, reply: dict[str, Any]) -> None:
-        self.writer.write(plist_frame(reply))
-        await self.writer.drain()
+    def unknown(self, request: str) -> dict[str, Any]:
+        return error(INVALID_REQUEST, "MCInstallationErrorDomain", f"Unknown request {request!r}.")
+
+    def outcome(self, reply: dict[str, Any]) -> str:
+        return "ok" if reply.get("Status") == "Acknowledged" else str(reply["ErrorChain"][0]["ErrorCode"])
+
+    async def after(self, request: str, reply: dict[str, Any]) -> bool:
+        if request == "EraseDevice" and reply.get("Status") == "Acknowledged":
+            self.emulator.erase(self.device)
+            return False
+        return True
 
     @staticmethod
     def ok(**values: Any) -> dict[str, Any]:
