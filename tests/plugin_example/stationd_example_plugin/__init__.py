@@ -1,0 +1,10 @@
+"""An example third-party stationd plugin: it remembers every event it is given."""
+
+from stationd.hooks import hookimpl
+
+received = []
+
+
+@hookimpl
+async def stationd_event(event):
+    received.append(event)
