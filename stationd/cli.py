@@ -10,21 +10,23 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import anyio
-
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from stationd import logs
+from stationd.config import (
+    Config,
+    ConfigError,
+    check_config,
+    default_config_path,
+    example_config,
+    load_config,
+)
 from stationd.daemon import cancel_on_signal, demo, run_station
-from stationd.ports import learn_from_usbmuxd, write_ports
 from stationd.doctor import run_checks
 from stationd.errors import StationError
 from stationd.events import Event
-from stationd.report import device_rows, to_csv, to_json
-from stationd.store import StoreError, open_store
-
-from stationd.config import Config, ConfigError, check_config, default_config_path, example_config, load_config
 from stationd.identity import (
     Identity,
     IdentityError,
@@ -34,6 +36,10 @@ from stationd.identity import (
     load_identity,
     write_private_file,
 )
+from stationd.plugins import PluginError
+from stationd.ports import learn_from_usbmuxd, write_ports
+from stationd.report import device_rows, to_csv, to_json
+from stationd.store import StoreError, open_store
 
 app = typer.Typer(
     name="stationd",
@@ -227,7 +233,7 @@ def run_command(
     logs.configure(loaded.station.log_format)
     try:
         anyio.run(run_station, loaded)
-    except (IdentityError, StationError, StoreError) as error:
+    except (IdentityError, StationError, StoreError, PluginError) as error:
         _error_exit(str(error))
 
 
@@ -455,7 +461,11 @@ def emulator_command(
 
     from stationd.emulator.device import generated_spec
     from stationd.emulator.emulator import Emulator
-    from stationd.emulator.scenario import ScenarioError, generated_scenario, load_scenario
+    from stationd.emulator.scenario import (
+        ScenarioError,
+        generated_scenario,
+        load_scenario,
+    )
 
     try:
         plan = load_scenario(scenario) if scenario else generated_scenario(4 if devices is None else devices)

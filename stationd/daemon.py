@@ -24,6 +24,7 @@ from stationd.emulator.mdm_server import mdm_app
 from stationd.events import Event
 from stationd.httpserve import HTTPServer
 from stationd.identity import create_identity, load_identity
+from stationd.plugins import PluginHost
 from stationd.station import Station, running
 from stationd.store import open_store
 
@@ -38,15 +39,29 @@ async def cancel_on_signal(scope: anyio.CancelScope) -> None:
             return
 
 
+async def serve(station: Station, plugins: PluginHost) -> None:
+    """Run the station with its plugins until SIGTERM or SIGINT (or until cancelled), then park and drain."""
+    await plugins.startup()
+    try:
+        async with anyio.create_task_group() as outer:
+            await outer.start(plugins.run, station.bus)
+            async with anyio.create_task_group() as inner:
+                inner.start_soon(cancel_on_signal, inner.cancel_scope)
+                await station.run()
+            plugins.close()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await plugins.shutdown()
+
+
 async def run_station(config: Config) -> None:
     """The daemon: run until SIGTERM or SIGINT, then park every device and exit."""
     identity = load_identity(config.organization.identity)
+    plugins = PluginHost(config.plugins, config.station.id, ports=config.ports)
     async with open_store(config.station.database) as store:
-        station = Station(config, store, identity)
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(cancel_on_signal, tasks.cancel_scope)
-            log.info("station.starting", station=config.station.id, steps=station.plan, database=str(config.station.database))
-            await station.run()
+        station = Station(config, store, identity, plugins=plugins)
+        log.info("station.starting", station=config.station.id, steps=station.plan, database=str(config.station.database))
+        await serve(station, plugins)
 
 
 DEMO_ORG = "Demo School"

@@ -8,7 +8,7 @@ import io
 import json
 from typing import Any
 
-from stationd.store import Store
+from stationd.store import DeviceRecord, JobRecord, Store
 
 FIELDS = (
     "serial",
@@ -38,34 +38,44 @@ def _iso(ts: float | None) -> str | None:
     return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).isoformat(timespec="seconds")
 
 
+def _row(device: DeviceRecord, job: JobRecord | None) -> dict[str, Any]:
+    facts = device.facts or {}
+    return {
+        "serial": device.serial,
+        "udid": device.udid,
+        "ecid": device.ecid,
+        "model": facts.get("product_type"),
+        "ios_version": facts.get("product_version"),
+        "build": facts.get("build_version"),
+        "wifi_mac": facts.get("wifi_address"),
+        "name": device.name,
+        "state": device.state,
+        "step": device.step,
+        "error_code": device.error_code,
+        "error_message": device.error_message,
+        "port": device.port_label,
+        "location_id": device.location_id,
+        "station": job.station_id if job else None,
+        "first_seen": _iso(device.first_seen),
+        "updated_at": _iso(device.updated_at),
+        "finished_at": _iso(job.finished_at) if job else None,
+    }
+
+
+async def device_row(store: Store, udid: str) -> dict[str, Any] | None:
+    """One device's row, or None if the station does not know it."""
+    device = await store.get_device(udid)
+    if device is None:
+        return None
+    jobs = await store.jobs_for(udid)
+    return _row(device, jobs[-1] if jobs else None)
+
+
 async def device_rows(store: Store) -> list[dict[str, Any]]:
     rows = []
     for device in await store.list_devices():
         jobs = await store.jobs_for(device.udid)
-        job = jobs[-1] if jobs else None
-        facts = device.facts or {}
-        rows.append(
-            {
-                "serial": device.serial,
-                "udid": device.udid,
-                "ecid": device.ecid,
-                "model": facts.get("product_type"),
-                "ios_version": facts.get("product_version"),
-                "build": facts.get("build_version"),
-                "wifi_mac": facts.get("wifi_address"),
-                "name": device.name,
-                "state": device.state,
-                "step": device.step,
-                "error_code": device.error_code,
-                "error_message": device.error_message,
-                "port": device.port_label,
-                "location_id": device.location_id,
-                "station": job.station_id if job else None,
-                "first_seen": _iso(device.first_seen),
-                "updated_at": _iso(device.updated_at),
-                "finished_at": _iso(job.finished_at) if job else None,
-            }
-        )
+        rows.append(_row(device, jobs[-1] if jobs else None))
     return rows
 
 

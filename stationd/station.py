@@ -21,6 +21,8 @@ from stationd.events import Event, EventBus
 from stationd.identity import Identity
 from stationd.pipeline.plan import plan
 from stationd.pipeline.worker import DeviceWorker
+from stationd.plugins import PluginHost
+from stationd.report import device_row
 from stationd.store import JobRecord, Store
 from stationd.usb.address import pymobiledevice3_address
 from stationd.usb.watcher import UsbWatcher
@@ -40,6 +42,7 @@ class Station:
         http: httpx.AsyncClient | None = None,
         bus: EventBus | None = None,
         backoff: tuple[float, float] = (1.0, 30.0),
+        plugins: PluginHost | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -49,11 +52,14 @@ class Station:
         self.http = http or httpx.AsyncClient(timeout=30.0)
         self.bus = bus or EventBus()
         self.backoff = backoff
+        self.plugins = plugins
         self.plan = plan(config)
         self.limiter = anyio.CapacityLimiter(config.station.concurrency)
         self.workers: dict[str, DeviceWorker] = {}
         self.running_step: dict[str, str] = {}
         self.ports: dict[str, tuple[str, str]] = {}  # port label -> (udid, status)
+        self._published = 0  # id of the last event published on the bus
+        self._publishing = anyio.Lock()
         self._batch_announced = True
         self.pair_records = config.station.pair_records or Path(config.station.database).parent / "pair-records"
         self._tasks: anyio.abc.TaskGroup | None = None
@@ -62,6 +68,7 @@ class Station:
     async def run(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled; a cancelled station parks every device cleanly (their jobs resume later)."""
         self.pair_records.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._published = await self.store.last_event_id()
         for job in await self.store.mark_interrupted(self.station_id):
             log.info("job.interrupted_by_restart", udid=job.udid, job=job.id)
         await self.event("station.started", data={"plan": self.plan, "concurrency": self.config.station.concurrency})
@@ -151,6 +158,14 @@ class Station:
         done, failed = statuses.count("done"), statuses.count("failed")
         await self.event("batch.done", data={"done": done, "failed": failed})
 
+    async def report(self, udid: str) -> None:
+        """Hand a finished device's row to the reporter plugins."""
+        if self.plugins is None:
+            return
+        row = await device_row(self.store, udid)
+        if row is not None:
+            self.plugins.report(row)
+
     # -- operator actions -----------------------------------------------------------------------------------------
     async def retry(self, udid: str) -> bool:
         """Run a failed device again from where it stopped, or provision a done one again (a new job)."""
@@ -163,8 +178,8 @@ class Station:
                 udid, latest, "job.retried", state="waiting", job_status="running", data={"reason": "operator"}
             )
         elif latest.status == "done":
-            job = await self.store.open_job(udid, self.station_id)
-            await self.transition(udid, job, "operator.retry", state="new", data={"reason": "operator"})
+            await self.store.open_job(udid, self.station_id)
+            await self.publish()
         self._nudge(udid)
         return True
 
@@ -191,10 +206,9 @@ class Station:
         for label, (owner, _) in list(self.ports.items()):
             if owner == udid:
                 del self.ports[label]
-        if await self.store.get_device(udid) is None:
-            return False
-        await self.event("operator.forget", udid=udid)
-        return await self.store.forget_device(udid, station_id=self.station_id)
+        forgotten = await self.store.forget_device(udid, station_id=self.station_id)
+        await self.publish()
+        return forgotten
 
     def _nudge(self, udid: str) -> None:
         worker = self.workers.get(udid)
@@ -223,7 +237,9 @@ class Station:
             return await self.transition(
                 udid, latest, "job.retried", state="waiting", job_status="running", data={"reason": "replugged"}
             )
-        return await self.store.open_job(udid, self.station_id)
+        job = await self.store.open_job(udid, self.station_id)
+        await self.publish()
+        return job
 
     async def current(self, job: JobRecord) -> JobRecord:
         return await self.store.get_job(job.id) or job
@@ -236,10 +252,8 @@ class Station:
                 "error_code": fields["error_code"],
                 "error_message": fields.get("error_message"),
             }
-        record = await self.store.record_transition(
-            udid=udid, job_id=job.id, station_id=self.station_id, kind=kind, **fields
-        )
-        self.bus.publish(Event.from_record(record))
+        await self.store.record_transition(udid=udid, job_id=job.id, station_id=self.station_id, kind=kind, **fields)
+        await self.publish()
         if "state" in fields:
             await self._port_update(udid)
         return await self.current(job)
@@ -254,8 +268,18 @@ class Station:
         )
 
     async def event(self, kind: str, *, udid: str | None = None, data: dict[str, Any] | None = None) -> None:
-        record = await self.store.add_event(kind, station_id=self.station_id, udid=udid, data=data)
-        self.bus.publish(Event.from_record(record))
+        await self.store.add_event(kind, station_id=self.station_id, udid=udid, data=data)
+        await self.publish()
+
+    async def publish(self) -> None:
+        """Publish, in order and once each, every event the store has recorded since the last call.
+
+        The bus is fed from the store's trail, so what subscribers see is exactly the audit trail, including
+        the events the store writes itself (job.started, job.interrupted, device.forgotten)."""
+        async with self._publishing:
+            for record in await self.store.list_events(after_id=self._published):
+                self.bus.publish(Event.from_record(record))
+                self._published = record.id
 
 
 @contextlib.asynccontextmanager

@@ -12,6 +12,10 @@ import anyio
 import pytest
 from anyio.abc import Process
 from anyio.streams.text import TextReceiveStream
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 from typer.testing import CliRunner
 
 from stationd.cli import app
@@ -28,7 +32,7 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def write_config(tmp: Path, emulator: Emulator, mdm_url: str) -> Path:
+def write_config(tmp: Path, emulator: Emulator, mdm_url: str, hook_url: str) -> Path:
     create_identity(tmp / "identity.pem", "Kill School")
     config = tmp / "stationd.toml"
     config.write_text(
@@ -57,6 +61,20 @@ url = "{emulator.activation_url}"
 
 [timeouts]
 erase_start = 5
+
+[plugins]
+enabled = ["webhook", "leds"]
+
+[plugins.webhook]
+url = "{hook_url}"
+events = ["device.done", "batch.done"]
+
+[plugins.leds]
+driver = "dry-run"
+ports = {{ "Cart · 1" = {{ green = "cart:green:1", red = "cart:red:1" }} }}
+
+[ports]
+"0x{emulator.devices[next(iter(emulator.devices))].location_id:08x}" = "Cart · 1"
 """
     )
     config.chmod(0o600)
@@ -81,10 +99,18 @@ async def test_sigkill_mid_run_then_restart_finishes_without_erasing_twice(tmp_p
     specs = [generated_spec(i) for i in range(3)]
     mdm = HTTPServer(mdm_app("Kill School"))
     await mdm.start()
+    posted: list[dict] = []
+
+    async def hook(request: Request) -> Response:
+        posted.append(json.loads(await request.body()))
+        return Response("ok")
+
+    webhook = HTTPServer(Starlette(routes=[Route("/hook", hook, methods=["POST"])]))
+    await webhook.start()
     env = dict(os.environ, HOME=str(tmp_path / "home"))
     try:
         async with Emulator(specs, socket_path=tmp_path / "mux", speed=0.02) as emulator:
-            config = write_config(tmp_path, emulator, mdm.url)
+            config = write_config(tmp_path, emulator, mdm.url, f"{webhook.url}/hook")
             command = STATIOND + ["run", "--config", str(config)]
 
             first = await anyio.open_process(command, env=env)
@@ -111,6 +137,7 @@ async def test_sigkill_mid_run_then_restart_finishes_without_erasing_twice(tmp_p
                 await second.wait()
             assert second.returncode == 0
             assert any(e.get("event") == "job.interrupted_by_restart" for e in seen)
+            assert any(e.get("event") == "leds.would_write" for e in seen)
             for spec in specs:
                 state = emulator.devices[spec.udid].snapshot()
                 assert state["erase_count"] == 1
@@ -127,8 +154,11 @@ async def test_sigkill_mid_run_then_restart_finishes_without_erasing_twice(tmp_p
             doctor = await anyio.run_process(STATIOND + ["doctor", "--config", str(config)], env=env)
             assert "usbmuxd: reachable" in doctor.stdout.decode()
             assert "identity: Kill School" in doctor.stdout.decode()
+            assert sorted(p["udid"] for p in posted if p["kind"] == "device.done") == sorted(s.udid for s in specs)
+            assert any(p["kind"] == "batch.done" and p["data"] == {"done": 3, "failed": 0} for p in posted)
     finally:
         await mdm.stop()
+        await webhook.stop()
 
 
 def test_run_with_malformed_config_says_what_is_wrong(tmp_path: Path) -> None:

@@ -17,7 +17,14 @@ import anyio
 import pytest
 
 import stationd.store.sqlite as sqlite_backend
-from stationd.store import EventRecord, JobRecord, SQLiteStore, Store, StoreError, open_store
+from stationd.store import (
+    EventRecord,
+    JobRecord,
+    SQLiteStore,
+    Store,
+    StoreError,
+    open_store,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -551,3 +558,12 @@ async def test_events_are_ordered_filtered_and_tailed(store: Store) -> None:
     assert await store.list_events(after_id=events[1].id) == events[2:]
     assert await store.list_events(after_id=events[0].id, limit=2) == events[1:3]
     assert await store.list_events(after_id=events[-1].id) == []
+
+
+@pytest.mark.anyio
+async def test_last_event_id_is_where_a_new_reader_starts(tmp_path: Path) -> None:
+    async with open_store(tmp_path / "db.sqlite") as store:
+        assert await store.last_event_id() == 0
+        first = await store.add_event("station.started", station_id="s")
+        second = await store.add_event("station.stopping", station_id="s")
+        assert await store.last_event_id() == second.id > first.id

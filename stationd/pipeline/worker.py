@@ -239,7 +239,12 @@ class DeviceWorker:
                     step_data={step: outcome.data} if outcome.data else None,
                 )
                 self.log.info("step.finished", step=step)
-            await station.transition(self.udid, ctx.job, "device.done", state="done", step="report", job_status="done")
+            device = await station.store.get_device(self.udid)
+            await station.transition(
+                self.udid, ctx.job, "device.done", state="done", step="report", job_status="done",
+                data={"name": device.name if device else None},
+            )
+            await station.report(self.udid)
             self.log.info("device.done")
             return "done"
 

@@ -138,6 +138,10 @@ class Store(ABC):
         """Append an event; serial, location and port come from the device when it is known."""
 
     @abstractmethod
+    async def last_event_id(self) -> int:
+        """The id of the newest event, 0 when there is none: where a new reader of the trail starts."""
+
+    @abstractmethod
     async def list_events(
         self, *, after_id: int = 0, udid: str | None = None, limit: int = 1000
     ) -> list[EventRecord]:

@@ -384,6 +384,13 @@ class SQLiteStore(Store):
             )
         )
 
+    async def last_event_id(self) -> int:
+        async def body(db: aiosqlite.Connection) -> int:
+            rows = await db.execute_fetchall("SELECT COALESCE(MAX(id), 0) FROM events")
+            return int(list(rows)[0][0])
+
+        return await self._atomic(body, write=False)
+
     async def list_events(
         self, *, after_id: int = 0, udid: str | None = None, limit: int = 1000
     ) -> list[EventRecord]:
