@@ -14,11 +14,11 @@ import sys
 from typing import Any
 
 import anyio
+from stationd_plugins.webhook import message
 
 from stationd.events import Event
 from stationd.hooks import hookimpl
 from stationd.plugins import PluginContext, Settings
-from stationd_plugins.webhook import message
 
 DEFAULT_EVENTS = ("step.failed", "batch.done")
 TITLE = "stationd"

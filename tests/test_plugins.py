@@ -14,12 +14,12 @@ import anyio
 import pytest
 import structlog
 from rich.console import Console
+from stationd_plugins import terminal
 
 from stationd.config import PluginsConfig, PortsConfig
 from stationd.events import Event, EventBus
 from stationd.hooks import hookimpl
 from stationd.plugins import PluginConfigError, PluginContext, PluginError, PluginHost
-from stationd_plugins import terminal
 
 EXAMPLE = Path(__file__).parent / "plugin_example"
 

@@ -13,12 +13,12 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from stationd_plugins.webhook import message
 
 from stationd.config import PluginsConfig
 from stationd.events import Event, EventBus
 from stationd.httpserve import HTTPServer
 from stationd.plugins import PluginHost
-from stationd_plugins.webhook import message
 
 SECRET_HEADER = "Bearer header-secret-7f3a"
 SECRET_PATH = "T000/B000/path-secret-91c2"
