@@ -36,7 +36,14 @@ def one(n: int, speed: float) -> dict[str, float]:
     """Run the daemon on N virtual iPads served by another process; return this process's figures."""
     import anyio
 
-    from stationd.config import ActivationConfig, Config, EnrollmentConfig, OrganizationConfig, StationConfig, WifiConfig
+    from stationd.config import (
+        ActivationConfig,
+        Config,
+        EnrollmentConfig,
+        OrganizationConfig,
+        StationConfig,
+        WifiConfig,
+    )
     from stationd.emulator.mdm_server import mdm_app
     from stationd.httpserve import HTTPServer
     from stationd.identity import create_identity
