@@ -1,0 +1,185 @@
+"""What the API shows: one entry per USB port, and devices and jobs as JSON-ready dicts.
+
+A port's status is what a technician needs from across the room: empty, busy (a step is running), waiting (the iPad
+is restarting between steps and will come back by itself), done, or failed (it needs a hand).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any
+
+from stationd.store import DeviceRecord, JobRecord
+
+STATUSES = ("empty", "busy", "waiting", "done", "failed")
+
+ERROR_TITLES = {
+    "activation_locked": "Activation Lock",
+    "activation_failed": "Activation failed",
+    "activation_server_unavailable": "Apple activation unreachable",
+    "configuration": "Station configuration problem",
+    "connection_dropped": "Connection lost",
+    "dep_assigned_elsewhere": "Assigned to another organisation",
+    "dep_not_assigned": "Not assigned in Apple School Manager",
+    "device_busy": "iPad busy",
+    "device_refused": "iPad refused the request",
+    "enrollment_invalid": "MDM enrollment failed",
+    "enrollment_unavailable": "MDM unreachable",
+    "erase_not_started": "Erase did not start",
+    "erase_timeout": "Did not come back after erasing",
+    "no_network": "No network",
+    "not_supervised_by_us": "Not supervised by this station",
+    "pairing_refused": "Trust refused",
+    "passcode_locked": "Passcode is set",
+    "profile_rejected": "Profile rejected",
+    "supervised_elsewhere": "Supervised by another organisation",
+    "timeout": "Took too long",
+    "trust_pending": "Tap Trust on the iPad",
+}
+
+
+def error_title(code: str | None) -> str | None:
+    """A short headline for an error code (the message says what to do)."""
+    if code is None:
+        return None
+    return ERROR_TITLES.get(code, code.replace("_", " ").capitalize())
+
+
+def location_hex(location_id: int | None) -> str | None:
+    return None if location_id is None else f"0x{location_id:08x}"
+
+
+def job_view(job: JobRecord | None, plan: list[str], now: float) -> dict[str, Any] | None:
+    if job is None:
+        return None
+    done = [step for step in plan if step in job.completed_steps]
+    end = job.finished_at if job.finished_at is not None else now
+    return {
+        "id": job.id,
+        "station_id": job.station_id,
+        "status": job.status,
+        "completed_steps": job.completed_steps,
+        "steps_done": len(plan) if job.status == "done" else len(done),
+        "steps_total": len(plan),
+        "attempts": job.attempts,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+        "elapsed": round(max(0.0, end - job.started_at), 1),
+        "error_code": job.error_code,
+        "error_message": job.error_message,
+    }
+
+
+def device_summary(device: DeviceRecord) -> dict[str, Any]:
+    facts = device.facts or {}
+    return {
+        "udid": device.udid,
+        "serial": device.serial,
+        "name": device.name or facts.get("device_name"),
+        "model": facts.get("product_type"),
+    }
+
+
+def device_view(device: DeviceRecord, job: JobRecord | None, station: Any, now: float) -> dict[str, Any]:
+    facts = device.facts or {}
+    return {
+        **device_summary(device),
+        "ecid": device.ecid,
+        "ios_version": facts.get("product_version"),
+        "state": device.state,
+        "step": device.step,
+        "error_code": device.error_code,
+        "error_title": error_title(device.error_code),
+        "error_message": device.error_message,
+        "port": station.config.ports.label(device.location_id),
+        "location_id": device.location_id,
+        "attached": _attached(station, device.udid),
+        "first_seen": device.first_seen,
+        "updated_at": device.updated_at,
+        "job": job_view(job, station.plan, now),
+    }
+
+
+async def port_views(station: Any) -> list[dict[str, Any]]:
+    """Every mapped port and every port a device was seen on (empty or not), in physical order.
+
+    A port's status is the station's own (`station.ports`, the same one `port.changed` events announce).
+    """
+    now = time.time()
+    locations: dict[str, int | None] = {label: location for location, label in station.config.ports.labels.items()}
+    occupants: dict[str, tuple[DeviceRecord, str]] = {}
+    for label, (udid, status) in list(station.ports.items()):
+        device = await station.store.get_device(udid)
+        if device is None or device.port_label != label:
+            continue  # forgotten, or moved to another port since
+        locations.setdefault(label, device.location_id)
+        if status != "empty":
+            occupants[label] = (device, status)
+    views = []
+    for label in sorted(locations, key=lambda name: (locations[name] is None, locations[name] or 0, name)):
+        view = _empty_port(label, locations[label], station.plan)
+        if label in occupants:
+            device, status = occupants[label]
+            jobs = await station.store.jobs_for(device.udid)
+            view.update(_occupied(device, status, jobs[-1] if jobs else None, station.plan, now))
+        views.append(view)
+    return views
+
+
+def status_counts(ports: list[dict[str, Any]]) -> dict[str, int]:
+    counts = Counter(port["status"] for port in ports)
+    return {status: counts.get(status, 0) for status in STATUSES}
+
+
+def _attached(station: Any, udid: str) -> bool:
+    worker = station.workers.get(udid)
+    return worker is not None and worker.attached.is_set()
+
+
+def _empty_port(label: str, location: int | None, plan: list[str]) -> dict[str, Any]:
+    return {
+        "label": label,
+        "location_id": location,
+        "location": location_hex(location),
+        "status": "empty",
+        "device": None,
+        "step": None,
+        "steps_done": 0,
+        "steps_total": len(plan),
+        "job_id": None,
+        "restarting": False,
+        "started_at": None,
+        "finished_at": None,
+        "elapsed": None,
+        "error_code": None,
+        "error_title": None,
+        "error_message": None,
+    }
+
+
+def _occupied(
+    device: DeviceRecord, status: str, job: JobRecord | None, plan: list[str], now: float
+) -> dict[str, Any]:
+    view: dict[str, Any] = {"status": status, "device": device_summary(device), "step": device.step}
+    view["restarting"] = status == "waiting" and _erasing(job)
+    summary = job_view(job, plan, now)
+    if summary is not None:
+        view.update(
+            {key: summary[key] for key in ("steps_done", "steps_total", "started_at", "finished_at", "elapsed")}
+        )
+        view["job_id"] = summary["id"]
+    if status == "failed":
+        view.update(
+            error_code=device.error_code,
+            error_title=error_title(device.error_code),
+            error_message=device.error_message,
+        )
+    return view
+
+
+def _erasing(job: JobRecord | None) -> bool:
+    """The erase was sent and has not finished: the iPad is wiping and restarting by itself."""
+    if job is None or "erase" in job.completed_steps:
+        return False
+    return bool(job.step_data.get("erase", {}).get("requested_at"))

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Set up and run the whole test suite on a fresh machine: a virtual environment with stationd and its test extras,
+# and Debian's Chromium for the dashboard's browser test (installed when running as root; otherwise that one test
+# is skipped with the reason). Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v chromium >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    else
+        echo "note: Chromium is not installed; the dashboard browser test will be skipped (sudo apt-get install chromium)"
+    fi
+fi
+python3 -m venv .venv
+.venv/bin/pip install -q -e '.[test]'
+exec .venv/bin/python -m pytest -q "$@"
