@@ -404,7 +404,12 @@ def demo_command(
             detail = event.data.get("error_message") or event.step or ""
             console.print(f"{elapsed:7.1f}s  {event.port_label or '':>12}  {event.serial or event.udid or '':<12}  {event.kind:<16} {detail}")
 
-    results = anyio.run(lambda: demo(devices, speed=speed, exit_when_done=exit_when_done, workdir=workdir, show=show))
+    def announce(station: Any) -> None:
+        console.print(f"Dashboard: {station.dashboard_url}  (open it in a browser while the demo runs)")
+
+    results = anyio.run(
+        lambda: demo(devices, speed=speed, exit_when_done=exit_when_done, workdir=workdir, show=show, on_start=announce)
+    )
     done = sum(1 for r in results.values() if r == "done")
     console.print(f"{done} of {devices} iPads done, {len(results) - done} failed, in {time.monotonic() - started:.1f}s")
     if exit_when_done and done != devices:

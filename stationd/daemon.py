@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +14,7 @@ import structlog
 
 from stationd.config import (
     ActivationConfig,
+    ApiConfig,
     Config,
     EnrollmentConfig,
     OrganizationConfig,
@@ -22,7 +24,7 @@ from stationd.config import (
 from stationd.emulator import Emulator, generated_spec
 from stationd.emulator.mdm_server import mdm_app
 from stationd.events import Event
-from stationd.httpserve import HTTPServer
+from stationd.httpserve import HTTPServer, parse_address
 from stationd.identity import create_identity, load_identity
 from stationd.plugins import PluginHost
 from stationd.station import Station, running
@@ -65,6 +67,17 @@ async def run_station(config: Config) -> None:
 
 
 DEMO_ORG = "Demo School"
+DEMO_DASHBOARD = "127.0.0.1:8480"
+
+
+def _port_free(address: str) -> bool:
+    host, port = parse_address(address)
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
 FINAL_KINDS = {"device.done", "step.failed"}
 
 
@@ -85,6 +98,7 @@ async def demo(
     exit_when_done: bool = False,
     workdir: Path | None = None,
     show: Callable[[Event], None] = lambda event: None,
+    on_start: Callable[[Station], None] = lambda station: None,
 ) -> dict[str, str]:
     """Run the daemon on virtual iPads; return each device's final state by UDID (when exit_when_done)."""
     workdir = workdir or Path(tempfile.mkdtemp(prefix="stationd-demo-"))
@@ -101,11 +115,13 @@ async def demo(
                 wifi=WifiConfig(ssid="Demo-WiFi", security="WPA2", password="demo-password"),
                 enrollment=EnrollmentConfig(mode="url", url=f"{mdm.url}/enroll"),
                 activation=ActivationConfig(url=emulator.activation_url or ""),
+                api=ApiConfig(listen=DEMO_DASHBOARD if _port_free(DEMO_DASHBOARD) else "127.0.0.1:0"),
             )
             async with open_store(config.station.database) as store:
                 station = Station(config, store, identity, usbmux_address=emulator.usbmux_address, backoff=(0.2, 2.0))
                 with station.bus.subscribe() as events:
                     async with running(station):
+                        on_start(station)
                         async with anyio.create_task_group() as tasks:
                             tasks.start_soon(cancel_on_signal, tasks.cancel_scope)
                             async for event in events:

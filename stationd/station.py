@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import anyio
 import httpx
 import structlog
 
+from stationd.api import serve as serve_api
 from stationd.config import Config
 from stationd.device import DeviceSession
 from stationd.events import Event, EventBus
@@ -58,6 +60,8 @@ class Station:
         self.workers: dict[str, DeviceWorker] = {}
         self.running_step: dict[str, str] = {}
         self.ports: dict[str, tuple[str, str]] = {}  # port label -> (udid, status)
+        self.dashboard_url: str | None = None
+        self.started_at = time.time()
         self._published = 0  # id of the last event published on the bus
         self._publishing = anyio.Lock()
         self._batch_announced = True
@@ -68,21 +72,24 @@ class Station:
     async def run(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled; a cancelled station parks every device cleanly (their jobs resume later)."""
         self.pair_records.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.started_at = time.time()
         self._published = await self.store.last_event_id()
         for job in await self.store.mark_interrupted(self.station_id):
             log.info("job.interrupted_by_restart", udid=job.udid, job=job.id)
         await self.event("station.started", data={"plan": self.plan, "concurrency": self.config.station.concurrency})
         watcher = UsbWatcher(self.usbmux_address)
-        try:
-            async with anyio.create_task_group() as tasks:
-                self._tasks = tasks
-                task_status.started()
-                async with contextlib.aclosing(watcher.events()) as events:
-                    async for usb in events:
-                        self._on_usb(usb)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self.event("station.stopping")
+        async with serve_api(self) as url:
+            self.dashboard_url = url and url + "/"
+            try:
+                async with anyio.create_task_group() as tasks:
+                    self._tasks = tasks
+                    task_status.started()
+                    async with contextlib.aclosing(watcher.events()) as events:
+                        async for usb in events:
+                            self._on_usb(usb)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self.event("station.stopping")
 
     def _on_usb(self, usb: Any) -> None:
         if usb.kind in ("connected", "disconnected"):
@@ -139,7 +146,12 @@ class Station:
         previous = self.ports.get(device.port_label)
         if previous == (udid, status):
             return
+        for label, (owner, _) in list(self.ports.items()):
+            if owner == udid and label != device.port_label:
+                del self.ports[label]
         self.ports[device.port_label] = (udid, status)
+        if status in ("busy", "waiting"):
+            self._batch_announced = False
         await self.event(
             "port.changed", udid=udid, data={"status": status, "previous": previous[1] if previous else "empty"}
         )
@@ -191,6 +203,8 @@ class Station:
         if not jobs:
             return False
         latest = jobs[-1]
+        if latest.status == "done":
+            return False
         status = "running" if latest.status == "failed" else None
         await self.transition(
             udid, latest, "operator.skip", state="waiting", completed_step=step, job_status=status, data={"step": step}

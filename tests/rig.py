@@ -12,6 +12,7 @@ import anyio
 
 from stationd.config import (
     ActivationConfig,
+    ApiConfig,
     Config,
     EnrollmentConfig,
     OrganizationConfig,
@@ -43,6 +44,7 @@ def rig_config(tmp: Path, identity: Identity, emulator: Emulator, mdm_url: str, 
         timeouts=TimeoutsConfig(retries=3, erase_start=0.5),
         steps=StepsConfig(),
         profiles=ProfilesConfig(),
+        api=ApiConfig(listen=None),
     )
     return dataclasses.replace(config, **sections)
 

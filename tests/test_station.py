@@ -255,10 +255,30 @@ async def test_operator_retry_skip_and_forget(tmp_path: Path) -> None:
                 assert event.kind == "device.done"
                 assert rig.device(locked.udid)["erase_count"] == 1
 
-                assert await station.skip(locked.udid, "wifi")
+                assert not await station.skip(locked.udid, "wifi")
                 with pytest.raises(ValueError, match="unknown step"):
                     await station.skip(locked.udid, "polish")
                 assert await station.forget(locked.udid)
                 assert await station.store.get_device(locked.udid) is None
                 assert not await station.forget(locked.udid)
                 assert not await station.retry("no-such-udid")
+
+
+@pytest.mark.anyio
+async def test_operator_skips_a_failed_step_and_the_device_finishes(tmp_path: Path) -> None:
+    spec = generated_spec(0)
+    async with make_rig(tmp_path, [spec]) as rig:
+        enrollment = EnrollmentConfig(mode="url", url=rig.mdm_url + "/missing")
+        async with rig.station(enrollment=enrollment) as station:
+            with station.bus.subscribe() as events:
+                async for event in events:
+                    if event.kind == "step.failed":
+                        break
+                assert event.step == "enroll"
+                assert await station.skip(spec.udid, "enroll")
+                async for event in events:
+                    if event.kind in ("device.done", "step.failed"):
+                        break
+        assert event.kind == "device.done"
+        assert rig.device(spec.udid)["stored_profile"] is None
+        assert rig.device(spec.udid)["device_name"] == f"{ORG}-{spec.serial}"
