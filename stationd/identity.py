@@ -78,18 +78,14 @@ class Identity:
         )
 
 
-def create_identity(path: Path | str, org: str, force: bool = False) -> Identity:
-    """Generate a new self-signed supervision identity for `org` and write it to `path` (mode 0600)."""
-    if not org.strip():
-        raise IdentityError("the organisation name is empty; give it with --org NAME")
-    path = Path(path)
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+def supervisor_certificate(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey, org: str) -> x509.Certificate:
+    """A self-signed supervision certificate for `org`, shaped like pymobiledevice3's (CN and O, no extensions)."""
     name = x509.Name([
         x509.NameAttribute(NameOID.COMMON_NAME, org),
         x509.NameAttribute(NameOID.ORGANIZATION_NAME, org),
     ])
     now = dt.datetime.now(dt.timezone.utc)
-    certificate = (
+    return (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
@@ -99,6 +95,15 @@ def create_identity(path: Path | str, org: str, force: bool = False) -> Identity
         .not_valid_after(now + VALIDITY)
         .sign(key, hashes.SHA256())
     )
+
+
+def create_identity(path: Path | str, org: str, force: bool = False) -> Identity:
+    """Generate a new self-signed supervision identity for `org` and write it to `path` (mode 0600)."""
+    if not org.strip():
+        raise IdentityError("the organisation name is empty; give it with --org NAME")
+    path = Path(path)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    certificate = supervisor_certificate(key, org)
     return _save(path, certificate, key, force)
 
 

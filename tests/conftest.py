@@ -3,9 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import structlog
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """pymobiledevice3 is asyncio-only, so every async test runs on asyncio."""
+    return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pymobiledevice3 keeps pair records under ~/.pymobiledevice3: give every test its own home."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
 
 
 @pytest.fixture(autouse=True)

@@ -26,14 +26,6 @@ TOKEN = "correct-horse-battery-staple-42"
 LABELS = {location_for(0): "Cart 1", location_for(1): "Cart 2", location_for(2): "Cart 3", location_for(5): "Cart 6"}
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(autouse=True)
-def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
 
 
 def specs() -> list[Any]:

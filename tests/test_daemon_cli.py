@@ -27,10 +27,6 @@ from stationd.identity import create_identity
 STATIOND = [sys.executable, "-m", "stationd.cli"]
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
 
 def write_config(tmp: Path, emulator: Emulator, mdm_url: str, hook_url: str) -> Path:
     create_identity(tmp / "identity.pem", "Kill School")

@@ -38,14 +38,6 @@ SETTLED = """() =>
 LIVE_WAIT_MS = 25_000  # below the page's 30 s fallback poll: the tiles must follow the event stream
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(autouse=True)
-def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
 
 
 @pytest.fixture

@@ -27,10 +27,6 @@ ORG = "Example School"
 SKIP = ["AppleID", "Siri", "Privacy"]
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
 
 @pytest.fixture(autouse=True)
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:

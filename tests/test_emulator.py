@@ -44,10 +44,6 @@ from stationd.identity import Identity, create_identity
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
 
 # -- helpers ----------------------------------------------------------------------------------------------------------
 def spec(index: int = 0, **overrides: Any) -> DeviceSpec:

@@ -16,10 +16,6 @@ PORT = "Hub A · 1"
 LEDS = {"red": "hubA:red:1", "green": "hubA:green:1"}
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
 
 def fake_led(root: Path, name: str, *, max_brightness: int = 255, triggers: str = "[none] timer heartbeat") -> None:
     folder = root / name

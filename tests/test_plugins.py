@@ -24,10 +24,6 @@ from stationd.plugins import PluginConfigError, PluginContext, PluginError, Plug
 EXAMPLE = Path(__file__).parent / "plugin_example"
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
 
 def event(id: int, kind: str = "step.started", **fields: Any) -> Event:
     return Event(id=id, ts=1000.0 + id, station_id="cart-1", kind=kind, **fields)

@@ -16,11 +16,6 @@ from stationd.ports import learn, write_ports
 from stationd.usb.watcher import UsbWatcher
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.mark.anyio
 async def test_learn_labels_new_ports_in_the_order_they_are_plugged(tmp_path: Path) -> None:
     specs = [generated_spec(i) for i in range(3)]

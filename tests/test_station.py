@@ -16,16 +16,6 @@ from stationd.report import device_rows, to_csv
 from stationd.store import open_store
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(autouse=True)
-def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-
-
 def assert_provisioned(rig, udid: str) -> None:
     state = rig.device(udid)
     assert state["erase_count"] == 1

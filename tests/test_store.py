@@ -42,10 +42,6 @@ class FakeClock:
         return self.now
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
 
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:

@@ -25,10 +25,6 @@ FAST = (0.01, 0.05)
 HEADER = struct.Struct("<IIII")
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
 
 @pytest.fixture
 def mux_path(tmp_path: Path) -> Path:

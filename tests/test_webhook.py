@@ -30,10 +30,6 @@ FAILED = Event(id=2, ts=1001.0, station_id="cart-1", kind="step.failed", udid="u
 STOP = Event(id=3, ts=1002.0, station_id="cart-1", kind="station.stopping")
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
 
 class Endpoint:
     """Answers `statuses` in turn (then 200) and keeps every request's headers and JSON body."""

@@ -6,7 +6,6 @@ This module holds data and pure rules only; the wire protocols live in `usbmuxd`
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import plistlib
 import random
@@ -16,10 +15,10 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
+
+from stationd.identity import supervisor_certificate
 
 # ProductType -> (HardwareModel, ChipID, marketing name). Real values of current iPads.
 MODELS: dict[str, tuple[str, int, str]] = {
@@ -132,22 +131,7 @@ def generated_spec(index: int, seed: str = "stationd", **overrides: Any) -> Devi
 
 def foreign_supervisor_certificate(organization: str) -> bytes:
     """A supervisor certificate (DER) for an organisation whose key nobody here holds, as a previous owner's."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([
-        x509.NameAttribute(NameOID.COMMON_NAME, organization),
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
-    ])
-    now = dt.datetime.now(dt.timezone.utc)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=3650))
-        .sign(key, hashes.SHA256())
-    )
+    certificate = supervisor_certificate(ec.generate_private_key(ec.SECP256R1()), organization)
     return certificate.public_bytes(serialization.Encoding.DER)
 
 
