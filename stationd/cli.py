@@ -404,11 +404,15 @@ def demo_command(
             detail = event.data.get("error_message") or event.step or ""
             console.print(f"{elapsed:7.1f}s  {event.port_label or '':>12}  {event.serial or event.udid or '':<12}  {event.kind:<16} {detail}")
 
-    def announce(station: Any) -> None:
-        console.print(f"Dashboard: {station.dashboard_url}  (open it in a browser while the demo runs)")
+    def announce(dashboard_url: str) -> None:
+        console.print(f"Dashboard: {dashboard_url}  (open it in a browser while the demo runs)")
 
+    board = console.is_terminal
     results = anyio.run(
-        lambda: demo(devices, speed=speed, exit_when_done=exit_when_done, workdir=workdir, show=show, on_start=announce)
+        lambda: demo(
+            devices, speed=speed, exit_when_done=exit_when_done, workdir=workdir, board=board,
+            show=(lambda event: None) if board else show, on_start=announce,
+        )
     )
     done = sum(1 for r in results.values() if r == "done")
     console.print(f"{done} of {devices} iPads done, {len(results) - done} failed, in {time.monotonic() - started:.1f}s")

@@ -18,6 +18,7 @@ from stationd.config import (
     Config,
     EnrollmentConfig,
     OrganizationConfig,
+    PluginsConfig,
     StationConfig,
     WifiConfig,
 )
@@ -70,14 +71,17 @@ DEMO_ORG = "Demo School"
 DEMO_DASHBOARD = "127.0.0.1:8480"
 
 
-def _port_free(address: str) -> bool:
-    host, port = parse_address(address)
+def _dashboard_address() -> str:
+    """127.0.0.1:8480, or another free port when that one is taken (another station, another demo)."""
+    host, port = parse_address(DEMO_DASHBOARD)
     with socket.socket() as probe:
         try:
             probe.bind((host, port))
         except OSError:
-            return False
-    return True
+            probe.bind((host, 0))
+        return f"{host}:{probe.getsockname()[1]}"
+
+
 FINAL_KINDS = {"device.done", "step.failed"}
 
 
@@ -97,10 +101,13 @@ async def demo(
     speed: float = 0.05,
     exit_when_done: bool = False,
     workdir: Path | None = None,
+    board: bool = False,
     show: Callable[[Event], None] = lambda event: None,
-    on_start: Callable[[Station], None] = lambda station: None,
+    on_start: Callable[[str], None] = lambda dashboard_url: None,
 ) -> dict[str, str]:
-    """Run the daemon on virtual iPads; return each device's final state by UDID (when exit_when_done)."""
+    """Run the daemon on virtual iPads; return each device's final state by UDID (when exit_when_done).
+
+    With `board`, the terminal plugin draws the live board (through the same plugin host `stationd run` uses)."""
     workdir = workdir or Path(tempfile.mkdtemp(prefix="stationd-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
     identity = create_identity(workdir / "identity.pem", DEMO_ORG, force=True)
@@ -115,21 +122,30 @@ async def demo(
                 wifi=WifiConfig(ssid="Demo-WiFi", security="WPA2", password="demo-password"),
                 enrollment=EnrollmentConfig(mode="url", url=f"{mdm.url}/enroll"),
                 activation=ActivationConfig(url=emulator.activation_url or ""),
-                api=ApiConfig(listen=DEMO_DASHBOARD if _port_free(DEMO_DASHBOARD) else "127.0.0.1:0"),
+                api=ApiConfig(listen=_dashboard_address()),
+                plugins=PluginsConfig(enabled=("terminal",) if board else ()),
             )
+            plugins = PluginHost(config.plugins, config.station.id, ports=config.ports)
             async with open_store(config.station.database) as store:
-                station = Station(config, store, identity, usbmux_address=emulator.usbmux_address, backoff=(0.2, 2.0))
-                with station.bus.subscribe() as events:
-                    async with running(station):
-                        on_start(station)
-                        async with anyio.create_task_group() as tasks:
-                            tasks.start_soon(cancel_on_signal, tasks.cancel_scope)
-                            async for event in events:
-                                show(event)
-                                if event.kind in FINAL_KINDS and event.udid:
-                                    results[event.udid] = "done" if event.kind == "device.done" else "failed"
-                                if exit_when_done and len(results) == devices:
-                                    tasks.cancel_scope.cancel()
+                station = Station(
+                    config, store, identity, usbmux_address=emulator.usbmux_address, backoff=(0.2, 2.0), plugins=plugins
+                )
+                on_start(f"http://{config.api.listen}/")
+                await plugins.startup()
+                async with anyio.create_task_group() as host:
+                    await host.start(plugins.run, station.bus)
+                    with station.bus.subscribe() as events:
+                        async with running(station):
+                            async with anyio.create_task_group() as tasks:
+                                tasks.start_soon(cancel_on_signal, tasks.cancel_scope)
+                                async for event in events:
+                                    show(event)
+                                    if event.kind in FINAL_KINDS and event.udid:
+                                        results[event.udid] = "done" if event.kind == "device.done" else "failed"
+                                    if exit_when_done and len(results) == devices:
+                                        tasks.cancel_scope.cancel()
+                    plugins.close()
+                await plugins.shutdown()
     finally:
         await mdm.stop()
     return results
