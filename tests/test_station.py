@@ -272,3 +272,18 @@ async def test_operator_skips_a_failed_step_and_the_device_finishes(tmp_path: Pa
         assert event.kind == "device.done"
         assert rig.device(spec.udid)["stored_profile"] is None
         assert rig.device(spec.udid)["device_name"] == f"{ORG}-{spec.serial}"
+
+
+@pytest.mark.anyio
+async def test_a_device_that_hangs_while_pairing_is_timed_out_and_retried(tmp_path: Path) -> None:
+    hanging = generated_spec(0, faults=[Fault("StartSession", "hang", 1), Fault("InstallProfileSilent", "hang", 1)])
+    fine = generated_spec(1)
+    async with make_rig(tmp_path, [hanging, fine]) as rig:
+        timeouts = dataclasses.replace(rig.config.timeouts, identify=1, wifi=1)
+        seen: list = []
+        finals = await rig.run_until_settled([hanging.udid, fine.udid], on_event=seen.append, timeouts=timeouts)
+        assert {e.kind for e in finals.values()} == {"device.done"}
+        retried = [e for e in seen if e.kind == "step.retrying" and e.udid == hanging.udid]
+        assert {e.step for e in retried} == {"identify", "wifi"}
+        assert all(e.data["error_code"] == "timeout" for e in retried)
+        assert not [e for e in seen if e.kind == "step.retrying" and e.udid == fine.udid]

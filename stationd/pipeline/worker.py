@@ -6,6 +6,7 @@ rebooting between steps), "interrupted", "done", "failed".
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -202,8 +203,9 @@ class DeviceWorker:
     async def _steps(self, job: JobRecord) -> str:
         station = self.station
         station.running_step[self.udid] = "identify"
-        async with station.open_session(self.udid) as session:
+        async with contextlib.AsyncExitStack() as stack:
             with _timeout("identify", station.config.timeouts.identify):
+                session = await stack.enter_async_context(station.open_session(self.udid))
                 facts = await session.facts()
             await station.store.upsert_device(
                 self.udid,
