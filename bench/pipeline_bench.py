@@ -38,6 +38,7 @@ def one(n: int, speed: float) -> dict[str, float]:
 
     from stationd.config import (
         ActivationConfig,
+        ApiConfig,
         Config,
         EnrollmentConfig,
         OrganizationConfig,
@@ -70,6 +71,7 @@ def one(n: int, speed: float) -> dict[str, float]:
             wifi=WifiConfig(ssid="BenchNet", password="bench-password"),
             enrollment=EnrollmentConfig(mode="url", url=f"{mdm.url}/enroll"),
             activation=ActivationConfig(url=info["activation"]),
+            api=ApiConfig(listen=None),
         )
         done: set[str] = set()
         async with open_store(config.station.database) as store:
