@@ -233,8 +233,29 @@ def run_command(
     logs.configure(loaded.station.log_format)
     try:
         anyio.run(run_station, loaded)
-    except (IdentityError, StationError, StoreError, PluginError) as error:
-        _error_exit(str(error))
+    except (*STARTUP_ERRORS, BaseExceptionGroup) as error:
+        _error_exit(_startup_problem(error))
+
+
+STARTUP_ERRORS = (IdentityError, StationError, StoreError, PluginError)
+
+
+def _startup_problem(error: BaseException) -> str:
+    """The technician-facing message of an expected error, even when task groups wrapped it; re-raise others."""
+    if not isinstance(error, BaseExceptionGroup):
+        return str(error)
+    expected, unexpected = error.split(STARTUP_ERRORS)
+    if unexpected is not None or expected is None:
+        raise error
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [expected]
+    while pending:
+        current = pending.pop()
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(current.exceptions)
+        else:
+            leaves.append(current)
+    return "; ".join(dict.fromkeys(str(leaf) for leaf in leaves))
 
 
 def _rows(config: Path | None) -> list[dict[str, Any]]:

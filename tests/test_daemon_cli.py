@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -192,3 +193,21 @@ def test_demo_command_finishes_every_ipad(tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert "3 of 3 iPads done" in result.output
+
+
+def test_run_with_the_dashboard_port_taken_says_what_to_change(tmp_path: Path) -> None:
+    create_identity(tmp_path / "identity.pem", "X")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "stationd.toml"
+        config.write_text(
+            f'[organization]\nname = "X"\nidentity = "{tmp_path / "identity.pem"}"\n'
+            f'[station]\ndatabase = "{tmp_path / "db"}"\nusbmuxd = "{tmp_path / "no-such-socket"}"\n'
+            f'[api]\nlisten = "127.0.0.1:{port}"\n'
+        )
+        result = CliRunner().invoke(app, ["run", "--config", str(config)])
+    assert result.exit_code == 2
+    assert f"cannot serve the dashboard on 127.0.0.1:{port}" in result.output and "[api] listen" in result.output
+    assert "Traceback" not in result.output
