@@ -467,6 +467,10 @@ def emulator_command(
     speed: float | None = typer.Option(
         None, "--speed", min=0.0, help="Multiplies device delays: 1 is a real iPad's pace, 0.05 twenty times faster."
     ),
+    mdm: str = typer.Option(
+        "127.0.0.1:7782", "--mdm", metavar="127.0.0.1:PORT",
+        help='Fake MDM: its enrollment URL is http://ADDRESS/enroll ("" to turn it off).',
+    ),
 ) -> None:
     r"""Run virtual iPads, to rehearse a station without touching a real one.
 
@@ -474,10 +478,11 @@ def emulator_command(
     pairing, TLS sessions, supervision, profiles, activation (against a fake
     Apple server), erase and reboot. The emulator runs until Ctrl-C.
 
-    Rehearse a station:
-    1. stationd emulator --socket /tmp/ipads.sock --devices 4 --speed 0.05
-    2. in stationd.toml: \[station] usbmuxd = "/tmp/ipads.sock"
-       and \[activation] url = "http://127.0.0.1:7781/deviceservices"
+    Rehearse a station (examples/rehearsal/ has both files ready):
+    1. stationd emulator --socket /tmp/ipads.sock --scenario scenario.toml
+    2. in stationd.toml: \[station] usbmuxd = "/tmp/ipads.sock",
+       \[activation] url = "http://127.0.0.1:7781/deviceservices"
+       and \[enrollment] url = "http://127.0.0.1:7782/enroll"
     3. stationd run, and watch: curl http://127.0.0.1:7780/devices
     4. pull a cable: curl -X POST http://127.0.0.1:7780/devices/UDID/unplug
     Or use pymobiledevice3: export USBMUXD_SOCKET_ADDRESS=/tmp/ipads.sock
@@ -491,6 +496,8 @@ def emulator_command(
 
     from stationd.emulator.device import generated_spec
     from stationd.emulator.emulator import Emulator
+    from stationd.emulator.mdm_server import mdm_app
+    from stationd.httpserve import HTTPServer, parse_address
     from stationd.emulator.scenario import (
         ScenarioError,
         generated_scenario,
@@ -524,15 +531,22 @@ def emulator_command(
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
+        fake_mdm = HTTPServer(mdm_app("Rehearsal School"), *parse_address(mdm)) if mdm else None
         async with emulator:
-            _emulator_banner(emulator)
-            await stop.wait()
+            if fake_mdm is not None:
+                await fake_mdm.start()
+            _emulator_banner(emulator, fake_mdm)
+            try:
+                await stop.wait()
+            finally:
+                if fake_mdm is not None:
+                    await fake_mdm.stop()
 
     try:
         asyncio.run(serve())
     except OSError as error:
         reason = error.strerror or str(error)
-        _error_exit(f"cannot listen: {reason}; choose other addresses (--socket, --tcp, --control, --activation)")
+        _error_exit(f"cannot listen: {reason}; choose other addresses (--socket, --tcp, --control, --activation, --mdm)")
     typer.echo("emulator stopped")
 
 
@@ -552,7 +566,7 @@ def _emulator_socket_in_use(path: Path) -> bool:
     return True
 
 
-def _emulator_banner(emulator: Any) -> None:
+def _emulator_banner(emulator: Any, mdm: Any) -> None:
     """Where the emulator listens, and its iPads."""
     from stationd.httpserve import parse_address
 
@@ -565,6 +579,8 @@ def _emulator_banner(emulator: Any) -> None:
         typer.echo(f"usbmuxd TCP:  {parse_address(emulator.tcp_address)[0]}:{emulator.tcp_port}")
     typer.echo(f"control API:  {emulator.control_url}")
     typer.echo(f"activation:   {emulator.activation_url}")
+    if mdm is not None:
+        typer.echo(f"MDM enrollment URL: {mdm.url}/enroll")
     console = Console()
     count = len(emulator.devices)
     table = Table(title=f"{count} virtual iPad{'' if count == 1 else 's'}, speed {emulator.speed:g}")
