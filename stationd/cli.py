@@ -497,12 +497,12 @@ def emulator_command(
     from stationd.emulator.device import generated_spec
     from stationd.emulator.emulator import Emulator
     from stationd.emulator.mdm_server import mdm_app
-    from stationd.httpserve import HTTPServer, parse_address
     from stationd.emulator.scenario import (
         ScenarioError,
         generated_scenario,
         load_scenario,
     )
+    from stationd.httpserve import HTTPServer, parse_address
 
     try:
         plan = load_scenario(scenario) if scenario else generated_scenario(4 if devices is None else devices)
