@@ -20,7 +20,7 @@ from pymobiledevice3.lockdown import LockdownClient, create_using_usbmux
 from pymobiledevice3.services.mobile_config import MobileConfigService
 
 from stationd import errors
-from stationd.device import translate
+from stationd.device import pairing, translate
 from stationd.device.activation import activate_device
 from stationd.device.translate import ERASE_HINT, Subject
 
@@ -126,10 +126,7 @@ class DeviceSession:
             # The device refused our record (erased since): drop it and pair again.
             (self.pair_records / f"{lockdown.identifier or self.udid}.plist").unlink(missing_ok=True)
             lockdown.pair_record = None
-        if self.identity is not None:
-            await lockdown.pair_supervised(Path(self.identity.path), timeout=0)
-        else:
-            await lockdown.pair(timeout=0)
+        await pairing.pair(lockdown, pairing.host_keys(self.pair_records), self.identity)
         if not await lockdown.validate_pairing():
             raise errors.PairingRefused(
                 f"{self.subject.who} accepted pairing but then refused the session: replug it; "
