@@ -27,7 +27,7 @@ from stationd.plugins import PluginHost
 from stationd.report import device_row
 from stationd.store import JobRecord, Store
 from stationd.usb.address import pymobiledevice3_address
-from stationd.usb.watcher import UsbWatcher
+from stationd.usb.watcher import UsbEvent, UsbWatcher
 
 log = structlog.get_logger("stationd.station")
 STEP_TIMEOUT_FIELDS = {"profiles": "wifi", "name": "report"}
@@ -51,6 +51,7 @@ class Station:
         self.identity = identity
         self.station_id = config.station.id
         self.usbmux_address = usbmux_address or config.station.usbmuxd
+        self._own_http = http is None
         self.http = http or httpx.AsyncClient(timeout=30.0)
         self.bus = bus or EventBus()
         self.backoff = backoff
@@ -90,8 +91,10 @@ class Station:
             finally:
                 with anyio.CancelScope(shield=True):
                     await self.event("station.stopping")
+                    if self._own_http:
+                        await self.http.aclose()
 
-    def _on_usb(self, usb: Any) -> None:
+    def _on_usb(self, usb: UsbEvent) -> None:
         if usb.kind in ("connected", "disconnected"):
             log.info("usbmuxd." + usb.kind)
             return
@@ -102,20 +105,13 @@ class Station:
             if worker is None:
                 worker = self.workers[usb.udid] = DeviceWorker(self, usb.udid)
                 assert self._tasks is not None
-                self._tasks.start_soon(self._run_worker, worker, name=f"device {usb.udid}")
+                self._tasks.start_soon(worker.run, name=f"device {usb.udid}")
             label = self.config.ports.label(usb.location_id)
             worker.on_attached(usb.location_id, label)
             self._tasks.start_soon(self._attached_event, usb.udid, usb.location_id, label)  # type: ignore[union-attr]
         elif usb.kind == "detached" and usb.udid in self.workers:
             self.workers[usb.udid].on_detached()
             self._tasks.start_soon(self._detached_event, usb.udid)  # type: ignore[union-attr]
-
-    async def _run_worker(self, worker: DeviceWorker) -> None:
-        try:
-            await worker.run()
-        finally:
-            if self.workers.get(worker.udid) is worker and worker.life.cancel_called:
-                del self.workers[worker.udid]
 
     async def _attached_event(self, udid: str, location_id: int | None, label: str | None) -> None:
         await self.store.upsert_device(udid, location_id=location_id, port_label=label)
