@@ -287,3 +287,19 @@ async def test_a_device_that_hangs_while_pairing_is_timed_out_and_retried(tmp_pa
         assert {e.step for e in retried} == {"identify", "wifi"}
         assert all(e.data["error_code"] == "timeout" for e in retried)
         assert not [e for e in seen if e.kind == "step.retrying" and e.udid == fine.udid]
+
+
+@pytest.mark.anyio
+async def test_a_replug_after_transient_failures_gets_a_fresh_retry_budget(tmp_path: Path) -> None:
+    spec = generated_spec(0)
+    async with make_rig(tmp_path, [spec]) as rig:
+        broken = EnrollmentConfig(mode="url", url=rig.mdm_url + "/unavailable")
+        first = await rig.run_until_settled([spec.udid], enrollment=broken)
+        assert first[spec.udid].data["error_code"] == "enrollment_unavailable"
+        rig.emulator.unplug(spec.udid)
+        rig.emulator.plug(spec.udid)
+        seen: list = []
+        second = await rig.run_until_settled([spec.udid], on_event=seen.append, enrollment=broken)
+        assert second[spec.udid].data["error_code"] == "enrollment_unavailable"
+        assert [e.data["try"] for e in seen if e.kind == "step.retrying"] == [1, 2, 3]
+        assert rig.device(spec.udid)["erase_count"] == 1

@@ -158,9 +158,13 @@ class DeviceWorker:
             return "interrupted"
 
     async def _sessions(self, job: JobRecord) -> str:
-        """Open sessions until the job ends, retrying transient failures with backoff."""
+        """Open sessions until the job ends, retrying transient failures with backoff.
+
+        The retry budget (`timeouts.retries` per step) starts afresh each time the iPad is plugged in or retried:
+        tries from before stay in the job's attempts, for the record."""
         station = self.station
         step = "identify"
+        before = dict(job.attempts)
         while True:
             try:
                 return await self._steps(job)
@@ -169,7 +173,7 @@ class DeviceWorker:
                     raise
                 job = await station.current(job)
                 step = station.running_step.get(self.udid, step)
-                tries = job.attempts.get(step, 0) + 1
+                tries = job.attempts.get(step, 0) - before.get(step, 0) + 1
                 if e.transient and tries <= station.config.timeouts.retries:
                     delay = station.backoff_delay(tries)
                     job = await station.transition(
