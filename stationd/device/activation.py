@@ -82,17 +82,17 @@ async def _post(
     except httpx.HTTPError as error:
         raise errors.ActivationServerUnavailable(
             f"The activation server ({httpx.URL(url).host}) cannot be reached for {what} of {subject.who} "
-            f"({type(error).__name__}): check the station's internet connection; the station retries by itself."
+            f"({type(error).__name__}): check the station's internet connection (and any proxy or firewall)."
         ) from None
     if response.status_code >= 500:
         raise errors.ActivationServerUnavailable(
             f"The activation server answered HTTP {response.status_code} to {what} of {subject.who}: "
-            "it is having trouble; the station retries by itself."
+            "it is having trouble at the moment."
         )
     if response.status_code >= 400:
-        raise errors.ActivationFailed(
-            f"The activation server refused {what} of {subject.who} (HTTP {response.status_code}): "
-            f"replug it to try again; if it keeps failing, {ERASE_HINT}."
+        raise errors.ActivationServerRefused(
+            f"The activation server answered HTTP {response.status_code} to {what} of {subject.who} at "
+            f"{httpx.URL(url).host}: check [activation] url in the configuration (leave it out to use Apple's)."
         )
     return response
 

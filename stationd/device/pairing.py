@@ -123,4 +123,7 @@ async def _request_pair(lockdown: LockdownClient, record: dict[str, Any], option
     error = reply.get("Error")
     if error is None or error == "MCChallengeRequired":
         return reply
-    raise PAIR_ERRORS.get(error, pmd.PairingError)(f"lockdownd refused to pair: {error}")
+    message = f"lockdownd refused to pair: {error}"
+    if error == "MCProtected":
+        raise pmd.MCProtectedError(message, lockdown.identifier, lockdown.product_version, error=error)
+    raise PAIR_ERRORS.get(error, pmd.PairingError)(message)

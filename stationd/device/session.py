@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import httpx
 from pymobiledevice3 import usbmux
 from pymobiledevice3.lockdown import LockdownClient, create_using_usbmux
+from pymobiledevice3.service_connection import ServiceConnection
 from pymobiledevice3.services.mobile_config import MobileConfigService
 
 from stationd import errors
@@ -25,9 +26,10 @@ from stationd.device.activation import activate_device
 from stationd.device.translate import ERASE_HINT, Subject
 
 USBMUX_ENVIRONMENT = "USBMUXD_SOCKET_ADDRESS"
-DEP_SOURCE = 1
+DEP_VERDICT_CODES = {translate.CLOUD_CONFIGURATION_PRESENT, translate.CLOUD_CONFIGURATION_NOT_AVAILABLE}
 ACTIVATED = ("Activated", "FactoryActivated")
 POST_SETUP = "PostSetupInstallation"
+LOCKDOWN_PORT = 62078
 
 
 class SupervisorIdentity(Protocol):
@@ -126,12 +128,21 @@ class DeviceSession:
             # The device refused our record (erased since): drop it and pair again.
             (self.pair_records / f"{lockdown.identifier or self.udid}.plist").unlink(missing_ok=True)
             lockdown.pair_record = None
+        # A new HostID for every pairing: an erase is proven by the device forgetting the pairing that was in use
+        # when the request was sent (see `probe.pairing_known`), so no later pairing may reuse that HostID.
+        lockdown.host_id = str(uuid.uuid4()).upper()
         await pairing.pair(lockdown, pairing.host_keys(self.pair_records), self.identity)
         if not await lockdown.validate_pairing():
             raise errors.PairingRefused(
                 f"{self.subject.who} accepted pairing but then refused the session: replug it; "
                 f"if it happens again, {ERASE_HINT}."
             )
+
+    @property
+    def pairing(self) -> dict[str, str]:
+        """The pairing this session runs on (HostID and SystemBUID: identifiers, not secrets)."""
+        lockdown = self.lockdown
+        return {"host_id": lockdown.host_id, "system_buid": lockdown.system_buid}
 
     @property
     def subject(self) -> Subject:
@@ -213,21 +224,30 @@ class DeviceSession:
             return str(await self.lockdown.get_value(key="ActivationState"))
 
     async def set_name(self, name: str) -> None:
+        """Set DeviceName, then read it back: a device may acknowledge SetValue and keep its old name."""
         async with self._guard("take a new name"):
             await self.lockdown.set_value(name, key="DeviceName")
+            current = await self.lockdown.get_value(key="DeviceName")
+        if current != name:
+            raise errors.NameNotApplied(
+                f"{self.subject.who} acknowledged the name {name!r} but still calls itself {current!r}: it does not "
+                "take names over USB. Let the MDM name it (or skip the name step for it)."
+            )
 
-    async def activate(self, http: httpx.AsyncClient, base_url: str) -> None:
-        """Activate through the station (no-op if already activated); checks the state afterwards."""
+    async def activate(self, http: httpx.AsyncClient, base_url: str) -> str:
+        """Activate through the station (nothing to do if already activated); returns the ActivationState read
+        back afterwards, which must say activated: the device's reply alone proves nothing."""
         async with self._guard("activate"):
-            if await self.lockdown.get_value(key="ActivationState") in ACTIVATED:
-                return
-            await activate_device(self.lockdown, http, base_url, self.subject)
             state = await self.lockdown.get_value(key="ActivationState")
             if state not in ACTIVATED:
-                raise errors.ActivationFailed(
-                    f"{self.subject.who} accepted its activation record but reports {state}: replug it to try "
-                    f"again; if it keeps failing, {ERASE_HINT}."
-                )
+                await activate_device(self.lockdown, http, base_url, self.subject)
+                state = await self.lockdown.get_value(key="ActivationState")
+        if state not in ACTIVATED:
+            raise errors.ActivationFailed(
+                f"{self.subject.who} accepted its activation record but reports {state}: replug it to try again; "
+                f"if it keeps failing, {ERASE_HINT}."
+            )
+        return str(state)
 
     # -- MCInstall ------------------------------------------------------------------------------------------------
     async def cloud_configuration(self) -> dict[str, Any]:
@@ -251,44 +271,33 @@ class DeviceSession:
 
     async def supervise(
         self, organization: str, skip_setup: list[str], language: str | None = None, region: str | None = None
-    ) -> None:
-        """Write a supervised cloud configuration naming our certificate; no-op if we already supervise it."""
+    ) -> dict[str, Any]:
+        """Write a supervised cloud configuration naming our certificate, unless the device holds one already.
+
+        Returns the configuration the device holds afterwards, read back; the caller judges whose it is
+        (`pipeline.verdicts`). A device that acknowledges and then holds nothing is an error."""
         identity = self._require_identity("supervise")
         step = "take a cloud configuration"
         async with self._mcinstall(step) as service:
             current = await self._cloud_configuration(service, step)
             if current:
-                self._check_supervisor(current, identity, organization)
-                return
+                return current
             configuration = cloud_configuration(organization, identity.certificate_der, skip_setup, language, region)
-            try:
-                await self._ask(service, step, "SetCloudConfiguration", CloudConfiguration=configuration)
-            except errors.AlreadySupervised:
-                raise errors.NotSupervisedByUs(
-                    f"{self.subject.who} is already set up, so it cannot be supervised: {ERASE_HINT}."
-                ) from None
-            if not _supervised_by(await self._cloud_configuration(service, step), identity.certificate_der):
-                raise translate.refused(self.subject, step, "it acknowledged the configuration but does not hold it")
-
-    def _check_supervisor(self, current: dict[str, Any], identity: SupervisorIdentity, organization: str) -> None:
-        if _supervised_by(current, identity.certificate_der):
-            return
-        owner = str(current.get("OrganizationName") or "another organisation")
-        serial = self._serial or self.udid
-        if current.get("ConfigurationSource") == DEP_SOURCE:
-            if owner == organization:
-                raise errors.DepAssignedElsewhere(
-                    f"iPad {serial} is enrolled through Apple School/Business Manager for {owner}, but the MDM's "
-                    "enrollment profile does not list this station's supervision certificate: add the certificate "
-                    "to the MDM's enrollment (DEP) profile, then erase it and replug."
-                )
-            raise errors.DepAssignedElsewhere(
-                f"iPad {serial} is assigned to {owner} in Apple School/Business Manager: ask {owner} to release "
-                f"serial {serial}, then erase it and replug."
+            reply = await service.service.send_recv_plist(
+                {"RequestType": "SetCloudConfiguration", "CloudConfiguration": configuration}
             )
-        raise errors.AlreadySupervised(
-            f"iPad {serial} is already supervised by {owner}: ask {owner} to release it, or {ERASE_HINT}."
-        )
+            held = await self._cloud_configuration(service, step)
+            if reply.get("Status") != "Acknowledged" and not held:
+                if translate.error_code(reply) in (translate.SETUP_FINISHED, translate.CLOUD_CONFIGURATION_PRESENT):
+                    # Refused though it holds none: it is past Setup Assistant (devices answer 14001 or 14002).
+                    raise translate.already_set_up(self.subject)
+                raise translate.mcinstall_error(reply, self.subject, step)
+            if not held:
+                raise errors.SupervisionNotApplied(
+                    f"{self.subject.who} acknowledged the supervision configuration but holds none: replug it to "
+                    "try again."
+                )
+            return held
 
     async def install_profile(self, data: bytes, *, silent: bool = True) -> None:
         """Install a profile; no-op if the same PayloadIdentifier and PayloadUUID is there.
@@ -307,10 +316,11 @@ class DeviceSession:
                 await self._ask(service, step, "InstallProfileSilent", profile=True, Payload=data)
             else:
                 await self._ask(service, step, "InstallProfile", profile=True, Payload=data)
-            if identifier is not None and await self._installed_uuid(service, identifier, step) is None:
-                raise errors.ProfileRejected(
-                    f"{self.subject.who} acknowledged the profile {identifier} but does not list it: it may be "
-                    "waiting for approval on the iPad's screen; check the profile, then retry."
+            if identifier is not None and await self._installed_uuid(service, identifier, step) != payload_uuid:
+                raise errors.ProfileNotInstalled(
+                    f"{self.subject.who} acknowledged the profile {identifier} but does not list it as installed: "
+                    "it may be waiting for approval on the iPad's screen (Settings › General › VPN & Device "
+                    "Management); approve it there, or replug to try again."
                 )
 
     async def _installed_uuid(self, service: MobileConfigService, identifier: str, step: str) -> str | None:
@@ -335,28 +345,77 @@ class DeviceSession:
             return [str(identifier) for identifier in identifiers]
 
     async def store_enrollment_profile(self, data: bytes) -> None:
-        """StoreProfile for PostSetupInstallation: the device installs it when Setup Assistant finishes."""
+        """StoreProfile for PostSetupInstallation (the device installs it when Setup Assistant finishes), then read
+        it back with GetStoredProfile: only the device holding our profile counts."""
         step = "store the enrollment profile"
         async with self._mcinstall(step) as service:
+            if await self._stored_profile(service, step) == data:
+                return
             await self._ask(service, step, "StoreProfile", profile=True, ProfileData=data, Purpose=POST_SETUP)
+            if await self._stored_profile(service, step) != data:
+                raise errors.EnrollmentNotStored(
+                    f"{self.subject.who} acknowledged the MDM enrollment profile but does not hold it: replug it to "
+                    "try again."
+                )
 
     async def stored_profile(self) -> bytes | None:
         """The stored PostSetupInstallation profile, or None."""
         step = "report its stored profile"
         async with self._mcinstall(step) as service:
-            reply = await service.service.send_recv_plist({"RequestType": "GetStoredProfile", "Purpose": POST_SETUP})
-            if reply.get("Status") == "Acknowledged":
-                data = reply.get("ProfileData")
-                return bytes(data) if data else None
-            if translate.error_code(reply) == translate.PROFILE_NOT_FOUND:
-                return None
-            raise translate.mcinstall_error(reply, self.subject, step)
+            return await self._stored_profile(service, step)
 
-    async def download_cloud_configuration(self) -> None:
-        """DEP: the device fetches and applies its cloud configuration from Apple (it needs network)."""
+    async def _stored_profile(self, service: MobileConfigService, step: str) -> bytes | None:
+        reply = await service.service.send_recv_plist({"RequestType": "GetStoredProfile", "Purpose": POST_SETUP})
+        if reply.get("Status") == "Acknowledged":
+            data = reply.get("ProfileData")
+            return bytes(data) if data else None
+        if translate.error_code(reply) == translate.PROFILE_NOT_FOUND:
+            return None
+        raise translate.mcinstall_error(reply, self.subject, step)
+
+    async def download_cloud_configuration(self) -> dict[str, Any]:
+        """DEP: ask the device to fetch and apply its configuration from Apple, then return what it holds.
+
+        The reply is not the verdict: a device may have fetched its configuration at activation already and answer
+        14002, and an unassigned serial may answer 33001 or acknowledge and apply nothing. Only other errors (no
+        network, for one) are raised here; the caller judges the configuration read back (`pipeline.verdicts`)."""
         step = "fetch its configuration from Apple"
         async with self._mcinstall(step) as service:
-            await self._ask(service, step, "DownloadAndApplyCloudConfiguration", MDMUsername="", MDMPassword="")
+            reply = await service.service.send_recv_plist(
+                {"RequestType": "DownloadAndApplyCloudConfiguration", "MDMUsername": "", "MDMPassword": ""}
+            )
+            code = translate.error_code(reply)
+            if reply.get("Status") != "Acknowledged" and code not in DEP_VERDICT_CODES:
+                raise translate.mcinstall_error(reply, self.subject, step)
+            return await self._cloud_configuration(service, step)
+
+
+async def pairing_known(udid: str, pairing: dict[str, str], *, usbmux_address: str | None, label: str = "stationd") -> bool:
+    """Whether the device still holds `pairing` (a HostID and SystemBUID from `DeviceSession.pairing`).
+
+    This is the station's proof of an erase: an erase makes the device forget every pairing (the first StartSession
+    after it fails with InvalidHostID), while a fresh iPad, or one that acknowledged EraseDevice and has not gone
+    down yet, still holds the pairing the request was sent over. StartSession is sent on a new lockdownd
+    connection, before anything pairs again, so no later pairing can hide the answer."""
+    subject = Subject(udid)
+    address = plain_usbmux_address(usbmux_address)
+    try:
+        service = await ServiceConnection.create_using_usbmux(udid, LOCKDOWN_PORT, usbmux_address=address)
+        try:
+            reply = await service.send_recv_plist(
+                {"Label": label, "Request": "StartSession", "HostID": pairing["host_id"],
+                 "SystemBUID": pairing["system_buid"]}
+            )
+        finally:
+            with suppress(Exception):
+                await service.close()
+    except Exception as error:
+        raise translate.translate(error, subject, "answer whether it still knows this station") from error
+    if reply.get("Error") == "InvalidHostID":
+        return False
+    if reply.get("SessionID"):
+        return True
+    raise translate.refused(subject, "start a session", str(reply.get("Error") or "no session id"))
 
 
 def plain_usbmux_address(address: str | None) -> str | None:
@@ -406,6 +465,7 @@ def profile_ids(data: bytes) -> tuple[str | None, str | None]:
     return identifier, payload_uuid
 
 
-def _supervised_by(configuration: dict[str, Any], certificate_der: bytes) -> bool:
+def supervised_by(configuration: dict[str, Any], certificate_der: bytes) -> bool:
+    """The configuration supervises the device and lists this certificate as a supervisor."""
     certificates = [bytes(c) for c in configuration.get("SupervisorHostCertificates") or []]
     return bool(configuration.get("IsSupervised")) and certificate_der in certificates
