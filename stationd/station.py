@@ -19,6 +19,7 @@ import structlog
 from stationd.api import serve as serve_api
 from stationd.config import Config
 from stationd.device import DeviceSession
+from stationd.errors import RESTART_JOB_CODES
 from stationd.events import Event, EventBus
 from stationd.identity import Identity
 from stationd.pipeline.plan import plan
@@ -181,11 +182,11 @@ class Station:
         if not jobs:
             return False
         latest = jobs[-1]
-        if latest.status == "failed":
+        if latest.status == "failed" and latest.error_code not in RESTART_JOB_CODES:
             await self.transition(
                 udid, latest, "job.retried", state="waiting", job_status="running", data={"reason": "operator"}
             )
-        elif latest.status == "done":
+        elif latest.status in ("done", "failed"):
             await self.store.open_job(udid, self.station_id)
             await self.publish()
         self._nudge(udid)
@@ -243,7 +244,7 @@ class Station:
         latest = jobs[-1] if jobs else None
         if latest is not None and latest.status == "done":
             return None
-        if latest is not None and latest.status == "failed":
+        if latest is not None and latest.status == "failed" and latest.error_code not in RESTART_JOB_CODES:
             return await self.transition(
                 udid, latest, "job.retried", state="waiting", job_status="running", data={"reason": "replugged"}
             )
