@@ -20,6 +20,7 @@ from stationd.device import DeviceSession
 from stationd.emulator.device import DepAssignment, Fault, generated_spec
 from stationd.emulator.emulator import Emulator
 from stationd.identity import Identity, create_identity
+from stationd.pipeline.verdicts import judge_supervision
 
 pytestmark = pytest.mark.anyio
 
@@ -310,8 +311,12 @@ async def test_supervised_by_another_organisation(mux_dir: Path, pair_records: P
     spec = generated_spec(0, supervised_by="Other School", supervisor_certificates=[b"not ours"])
     async with emulator(mux_dir, spec) as emu:
         async with session(emu, spec.udid, pair_records, identity) as device:
-            with pytest.raises(errors.AlreadySupervised) as caught:
-                await device.supervise(ORG, SKIP)
+            held = await device.supervise(ORG, SKIP)
+        assert requests_of(emu, spec.udid, "SetCloudConfiguration") == []
+    assert held["OrganizationName"] == "Other School"
+    with pytest.raises(errors.AlreadySupervised) as caught:
+        judge_supervision(held, organization=ORG, certificate_der=identity.certificate_der, serial=spec.serial,
+                          erased=False)
     assert "Other School" in caught.value.message and spec.serial in caught.value.message
 
 
@@ -319,10 +324,14 @@ async def test_dep_assigned_elsewhere_after_activation(mux_dir: Path, pair_recor
     spec = generated_spec(0, activated=False, dep=DepAssignment("Regional Service"))
     async with emulator(mux_dir, spec) as emu, httpx.AsyncClient() as http:
         async with session(emu, spec.udid, pair_records, identity) as device:
-            await device.activate(http, emu.activation_url)
-            with pytest.raises(errors.DepAssignedElsewhere) as caught:
-                await device.supervise(ORG, SKIP)
-    assert "Regional Service" in caught.value.message and spec.serial in caught.value.message
+            assert await device.activate(http, emu.activation_url) == "Activated"
+            held = await device.supervise(ORG, SKIP)
+    with pytest.raises(errors.DepAssignedElsewhere) as caught:
+        judge_supervision(held, organization=ORG, certificate_der=identity.certificate_der, serial=spec.serial,
+                          erased=True)
+    message = caught.value.message
+    assert "Regional Service" in message and f"release serial {spec.serial}" in message
+    assert "erase it" not in message.lower(), "erasing cannot help: Apple hands the configuration back"
 
 
 # -- profiles --------------------------------------------------------------------------------------------------------
@@ -385,9 +394,9 @@ async def test_dep_download_not_assigned(mux_dir: Path, pair_records: Path, iden
         async with session(emu, spec.udid, pair_records, identity) as device:
             await device.supervise(ORG, SKIP)
             await device.install_profile(wifi_profile())
-            with pytest.raises(errors.DepNotAssigned) as caught:
-                await device.download_cloud_configuration()
-    assert f"serial {spec.serial} is not assigned" in caught.value.message and "replug" in caught.value.message
+            held = await device.download_cloud_configuration()
+        assert requests_of(emu, spec.udid, "DownloadAndApplyCloudConfiguration") == ["33001"]
+    assert held["OrganizationName"] == ORG, "33001 is not the verdict: the configuration the iPad holds is"
 
 
 async def test_dep_download_assigned(mux_dir: Path, pair_records: Path, identity: Identity) -> None:
@@ -398,8 +407,7 @@ async def test_dep_download_assigned(mux_dir: Path, pair_records: Path, identity
             await device.activate(http, emu.activation_url)
             await device.supervise(ORG, SKIP)
             await device.install_profile(wifi_profile())
-            await device.download_cloud_configuration()
-            configuration = await device.cloud_configuration()
+            configuration = await device.download_cloud_configuration()
         assert requests_of(emu, spec.udid, "SetCloudConfiguration") == []
     assert configuration["ConfigurationSource"] == 1
     assert configuration["OrganizationName"] == ORG
