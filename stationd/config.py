@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from stationd.identity import IdentityError, load_identity
+from stationd.usbmux import address as usbmux_address
 from stationd.profiles import (
     PASSWORD_SECURITY,
     WIFI_PAYLOAD_TYPE,
@@ -468,16 +469,17 @@ def _url(value: Any) -> str:
 
 
 def _usbmuxd(value: Any) -> str:
-    if isinstance(value, str):
-        path = value[len("UNIX:"):] if value.startswith("UNIX:") else value
-        if path.startswith("/"):
-            return value
-        host, _, port = value.rpartition(":")
-        if host and port.isdigit() and 0 < int(port) < 65536:
-            return value
-    raise _Invalid(
-        "a socket path (/var/run/usbmuxd or UNIX:/var/run/usbmuxd) or HOST:PORT", example='"127.0.0.1:27015"'
-    )
+    example = '"127.0.0.1:27015"'
+    try:
+        address = usbmux_address.parse(value) if isinstance(value, str) and value.strip() else None
+    except usbmux_address.AddressError:
+        address = None
+    if address is None:
+        raise _Invalid("a socket path (/var/run/usbmuxd or UNIX:/var/run/usbmuxd) or HOST:PORT", example=example)
+    if not address.is_unix and ":" in (address.host or ""):
+        raise _Invalid(message="pymobiledevice3 reaches usbmuxd over IPv4 only: give an IPv4 address or a socket path",
+                       example=example)
+    return value
 
 
 def _pattern(value: Any) -> str:

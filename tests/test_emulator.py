@@ -38,7 +38,7 @@ from stationd.emulator.device import DeviceSpec, Fault, Latency, generated_spec,
 from stationd.emulator.emulator import Emulator
 from stationd.emulator.scenario import CONVERTERS, ScenarioError, generated_scenario, load_scenario, parse_scenario
 from stationd.emulator.thread import EmulatorThread
-from stationd.emulator.wire import read_usbmux_packet, usbmux_packet
+from stationd.usbmux import packet as usbmux_packet_io
 from stationd.identity import Identity, create_identity
 
 pytestmark = pytest.mark.anyio
@@ -109,12 +109,12 @@ class RawMux:
 
     async def send(self, body: dict[str, Any]) -> None:
         self.tag += 1
-        self.writer.write(usbmux_packet(self.tag, body))
+        self.writer.write(usbmux_packet_io.encode(self.tag, body))
         await self.writer.drain()
 
     async def receive(self) -> dict[str, Any]:
         with anyio.fail_after(5):
-            _, _, _, payload = await read_usbmux_packet(self.reader)
+            payload = (await usbmux_packet_io.read(self.reader.readexactly)).payload
         return plistlib.loads(payload)
 
     async def hotplug(self) -> dict[str, Any]:
