@@ -27,8 +27,7 @@ from stationd.pipeline.worker import DeviceWorker
 from stationd.plugins import PluginHost
 from stationd.report import device_row
 from stationd.store import JobRecord, Store
-from stationd.usb.address import pymobiledevice3_address
-from stationd.usb.watcher import UsbEvent, UsbWatcher
+from stationd.usbmux import UsbEvent, UsbWatcher, resolve
 
 log = structlog.get_logger("stationd.station")
 STEP_TIMEOUT_FIELDS = {"profiles": "wifi", "name": "report"}
@@ -51,7 +50,7 @@ class Station:
         self.store = store
         self.identity = identity
         self.station_id = config.station.id
-        self.usbmux_address = usbmux_address or config.station.usbmuxd
+        self.usbmux = resolve(usbmux_address or config.station.usbmuxd)
         self._own_http = http is None
         self.http = http or httpx.AsyncClient(timeout=30.0)
         self.bus = bus or EventBus()
@@ -79,7 +78,7 @@ class Station:
         for job in await self.store.mark_interrupted(self.station_id):
             log.info("job.interrupted_by_restart", udid=job.udid, job=job.id)
         await self.event("station.started", data={"plan": self.plan, "concurrency": self.config.station.concurrency})
-        watcher = UsbWatcher(self.usbmux_address)
+        watcher = UsbWatcher(str(self.usbmux))
         async with serve_api(self) as url:
             self.dashboard_url = url and url + "/"
             try:
@@ -228,8 +227,7 @@ class Station:
 
     # -- helpers the workers use ----------------------------------------------------------------------------------
     def open_session(self, udid: str) -> DeviceSession:
-        address = pymobiledevice3_address(self.usbmux_address)
-        return DeviceSession(udid, usbmux_address=address, pair_records=self.pair_records, identity=self.identity)
+        return DeviceSession(udid, usbmux_address=self.usbmux, pair_records=self.pair_records, identity=self.identity)
 
     def step_timeout(self, step: str) -> float:
         return float(getattr(self.config.timeouts, STEP_TIMEOUT_FIELDS.get(step, step)))

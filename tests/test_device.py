@@ -223,14 +223,14 @@ async def test_erase_then_reconnect_with_stale_pair_record(
     spec = generated_spec(0)
     async with emulator(mux_dir, spec) as emu:
         async with session(emu, spec.udid, pair_records, identity) as device:
-            await device.supervise(ORG, SKIP)
+            await device.mc.supervise(ORG, SKIP)
             await device.set_name("Class 3 - 01")
             async with reattached(emu.usbmux_address, spec.udid):
-                await device.erase()
+                await device.mc.erase()
         assert emu.devices[spec.udid].erase_count == 1
         async with session(emu, spec.udid, pair_records, identity) as device:
             facts = await device.facts()
-            assert await device.cloud_configuration() == {}
+            assert await device.mc.cloud_configuration() == {}
         assert requests_of(emu, spec.udid, "StartSession")[-2:] == ["InvalidHostID", "ok"]
         assert requests_of(emu, spec.udid, "Pair") == ["ok", "ok"]
     assert facts.activation_state == "Unactivated"
@@ -296,9 +296,9 @@ async def test_supervise_is_idempotent(mux_dir: Path, pair_records: Path, identi
     spec = generated_spec(0)
     async with emulator(mux_dir, spec) as emu:
         async with session(emu, spec.udid, pair_records, identity) as device:
-            await device.supervise(ORG, SKIP)
-            await device.supervise(ORG, SKIP)
-            configuration = await device.cloud_configuration()
+            await device.mc.supervise(ORG, SKIP)
+            await device.mc.supervise(ORG, SKIP)
+            configuration = await device.mc.cloud_configuration()
         assert requests_of(emu, spec.udid, "SetCloudConfiguration") == ["ok"]
     assert configuration["IsSupervised"] is True
     assert configuration["OrganizationName"] == ORG
@@ -311,7 +311,7 @@ async def test_supervised_by_another_organisation(mux_dir: Path, pair_records: P
     spec = generated_spec(0, supervised_by="Other School", supervisor_certificates=[b"not ours"])
     async with emulator(mux_dir, spec) as emu:
         async with session(emu, spec.udid, pair_records, identity) as device:
-            held = await device.supervise(ORG, SKIP)
+            held = await device.mc.supervise(ORG, SKIP)
         assert requests_of(emu, spec.udid, "SetCloudConfiguration") == []
     assert held["OrganizationName"] == "Other School"
     with pytest.raises(errors.AlreadySupervised) as caught:
@@ -325,7 +325,7 @@ async def test_dep_assigned_elsewhere_after_activation(mux_dir: Path, pair_recor
     async with emulator(mux_dir, spec) as emu, httpx.AsyncClient() as http:
         async with session(emu, spec.udid, pair_records, identity) as device:
             assert await device.activate(http, emu.activation_url) == "Activated"
-            held = await device.supervise(ORG, SKIP)
+            held = await device.mc.supervise(ORG, SKIP)
     with pytest.raises(errors.DepAssignedElsewhere) as caught:
         judge_supervision(held, organization=ORG, certificate_der=identity.certificate_der, serial=spec.serial,
                           erased=True)
@@ -340,10 +340,10 @@ async def test_install_profile_silently_once(mux_dir: Path, pair_records: Path, 
     wifi = wifi_profile()
     async with emulator(mux_dir, spec) as emu:
         async with session(emu, spec.udid, pair_records, identity) as device:
-            await device.supervise(ORG, SKIP)
-            await device.install_profile(wifi)
-            await device.install_profile(wifi)
-            assert await device.installed_profiles() == ["org.example.wifi"]
+            await device.mc.supervise(ORG, SKIP)
+            await device.mc.install_profile(wifi)
+            await device.mc.install_profile(wifi)
+            assert await device.mc.installed_profiles() == ["org.example.wifi"]
         assert requests_of(emu, spec.udid, "InstallProfileSilent") == ["ok"]
         assert emu.devices[spec.udid].has_network
 
@@ -353,16 +353,16 @@ async def test_install_profile_needs_our_supervision(mux_dir: Path, pair_records
     async with emulator(mux_dir, spec) as emu:
         async with session(emu, spec.udid, pair_records, identity) as device:
             with pytest.raises(errors.NotSupervisedByUs):
-                await device.install_profile(wifi_profile())
+                await device.mc.install_profile(wifi_profile())
 
 
 async def test_malformed_profile_is_rejected(mux_dir: Path, pair_records: Path, identity: Identity) -> None:
     spec = generated_spec(0)
     async with emulator(mux_dir, spec) as emu:
         async with session(emu, spec.udid, pair_records, identity) as device:
-            await device.supervise(ORG, SKIP)
+            await device.mc.supervise(ORG, SKIP)
             with pytest.raises(errors.ProfileRejected) as caught:
-                await device.install_profile(b"this is not a profile")
+                await device.mc.install_profile(b"this is not a profile")
     assert "not a property list" in caught.value.message
 
 
@@ -371,11 +371,11 @@ async def test_store_enrollment_profile(mux_dir: Path, pair_records: Path) -> No
     enrollment = enrollment_profile(with_mdm=True)
     async with emulator(mux_dir, spec) as emu:
         async with session(emu, spec.udid, pair_records, None) as device:
-            assert await device.stored_profile() is None
+            assert await device.mc.stored_profile() is None
             with pytest.raises(errors.ProfileRejected) as caught:
-                await device.store_enrollment_profile(enrollment_profile(with_mdm=False))
-            await device.store_enrollment_profile(enrollment)
-            assert await device.stored_profile() == enrollment
+                await device.mc.store_enrollment_profile(enrollment_profile(with_mdm=False))
+            await device.mc.store_enrollment_profile(enrollment)
+            assert await device.mc.stored_profile() == enrollment
     assert "MDM payload" in caught.value.message
 
 
@@ -385,16 +385,16 @@ async def test_dep_download_needs_network(mux_dir: Path, pair_records: Path) -> 
     async with emulator(mux_dir, spec) as emu:
         async with session(emu, spec.udid, pair_records, None) as device:
             with pytest.raises(errors.NoNetwork):
-                await device.download_cloud_configuration()
+                await device.mc.download_cloud_configuration()
 
 
 async def test_dep_download_not_assigned(mux_dir: Path, pair_records: Path, identity: Identity) -> None:
     spec = generated_spec(0)
     async with emulator(mux_dir, spec) as emu:
         async with session(emu, spec.udid, pair_records, identity) as device:
-            await device.supervise(ORG, SKIP)
-            await device.install_profile(wifi_profile())
-            held = await device.download_cloud_configuration()
+            await device.mc.supervise(ORG, SKIP)
+            await device.mc.install_profile(wifi_profile())
+            held = await device.mc.download_cloud_configuration()
         assert requests_of(emu, spec.udid, "DownloadAndApplyCloudConfiguration") == ["33001"]
     assert held["OrganizationName"] == ORG, "33001 is not the verdict: the configuration the iPad holds is"
 
@@ -405,9 +405,9 @@ async def test_dep_download_assigned(mux_dir: Path, pair_records: Path, identity
     async with emulator(mux_dir, spec) as emu, httpx.AsyncClient() as http:
         async with session(emu, spec.udid, pair_records, identity) as device:
             await device.activate(http, emu.activation_url)
-            await device.supervise(ORG, SKIP)
-            await device.install_profile(wifi_profile())
-            configuration = await device.download_cloud_configuration()
+            await device.mc.supervise(ORG, SKIP)
+            await device.mc.install_profile(wifi_profile())
+            configuration = await device.mc.download_cloud_configuration()
         assert requests_of(emu, spec.udid, "SetCloudConfiguration") == []
     assert configuration["ConfigurationSource"] == 1
     assert configuration["OrganizationName"] == ORG

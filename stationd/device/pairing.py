@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
+import plistlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -21,6 +22,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from pymobiledevice3.ca import build_device_certificate, build_host_certificate, build_root_certificate
 from pymobiledevice3.lockdown import LockdownClient
+
+from stationd.usbmux import UsbmuxConnection
+from stationd.usbmux.address import UsbmuxAddress
 
 HOST_KEYS = "host-keys.pem"
 PAIR_ERRORS: dict[str, type[Exception]] = {
@@ -75,16 +79,23 @@ def host_keys(folder: Path) -> HostKeys:
     host_certificate = build_host_certificate(host_key, root_certificate, root_key, hashes.SHA256())
     keys = HostKeys(root_certificate, root_key, host_certificate.public_bytes(serialization.Encoding.PEM),
                     _pem_key(host_key))
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    temporary = path.with_name(HOST_KEYS + ".new")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "wb") as out:
-        out.write(keys.root_certificate_pem + keys.host_certificate_pem + _pem_key(root_key) + keys.host_key_pem)
-    temporary.replace(path)
+    _write_private(path, keys.root_certificate_pem + keys.host_certificate_pem + _pem_key(root_key) + keys.host_key_pem)
     return keys
 
 
-async def pair(lockdown: LockdownClient, keys: HostKeys, supervisor: Supervisor | None) -> None:
+def _write_private(path: Path, data: bytes) -> None:
+    """Write atomically, 0600 from the first byte, in a 0700 folder."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    temporary = path.with_name(path.name + ".new")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "wb") as out:
+        out.write(data)
+    temporary.replace(path)
+
+
+async def pair(
+    lockdown: LockdownClient, keys: HostKeys, supervisor: Supervisor | None, usbmux_address: UsbmuxAddress
+) -> None:
     """Pair `lockdown`'s device with the station's host keys, proving supervision when asked; save the record."""
     public_key = serialization.load_pem_public_key(await lockdown.get_value("", "DevicePublicKey"))
     if not isinstance(public_key, rsa.RSAPublicKey):
@@ -112,8 +123,22 @@ async def pair(lockdown: LockdownClient, keys: HostKeys, supervisor: Supervisor 
     if reply.get("EscrowBag") is not None:
         record["EscrowBag"] = reply["EscrowBag"]
     lockdown.pair_record = record
-    await lockdown.save_pair_record()
+    await save_pair_record(lockdown, record, usbmux_address)
     lockdown.paired = True
+
+
+async def save_pair_record(lockdown: LockdownClient, record: dict[str, Any], usbmux_address: UsbmuxAddress) -> None:
+    """Keep the record where pymobiledevice3 looks for it: in the cache folder (0600: it holds the host's private
+    key and the escrow bag) and in usbmuxd, which pymobiledevice3 asks first. pymobiledevice3's own
+    `save_pair_record` would reach only the default usbmuxd (or $USBMUXD_SOCKET_ADDRESS), not the station's."""
+    data = plistlib.dumps(record)
+    folder = lockdown.pairing_records_cache_folder
+    if folder is not None and lockdown.identifier is not None:
+        _write_private(Path(folder) / f"{lockdown.identifier}.plist", data)
+    mux_device = lockdown.service.mux_device
+    if mux_device is not None and lockdown.identifier is not None:
+        async with await UsbmuxConnection.open(usbmux_address) as mux:
+            await mux.save_pair_record(lockdown.identifier, mux_device.devid, data)
 
 
 async def _request_pair(lockdown: LockdownClient, record: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:

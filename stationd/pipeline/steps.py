@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from stationd.device.session import pairing_known
+from stationd.device import pairing_known
+from stationd.usbmux import UsbmuxAddress
 from stationd.errors import (
     ConfigurationError,
     EnrollmentInvalid,
@@ -38,7 +39,7 @@ async def identify(ctx: StepContext) -> Outcome:
     return Outcome({"serial": facts.serial, "product_type": facts.product_type, "version": facts.product_version})
 
 
-async def erase_proven(udid: str, job: JobRecord, usbmux_address: str | None) -> bool:
+async def erase_proven(udid: str, job: JobRecord, usbmux_address: UsbmuxAddress) -> bool:
     """Whether the erase this job requested has happened, judged before anything pairs with the iPad again.
 
     Proof of wipe: the iPad no longer holds the pairing the request was sent over (an erase forgets every
@@ -72,7 +73,7 @@ async def erase(ctx: StepContext) -> Outcome:
         await ctx.checkpoint("erase", {"resends": resends, "requested_at": time.time(), "sent": False})
     else:
         await ctx.checkpoint("erase", {"requested_at": time.time(), "pairing": ctx.session.pairing, "sent": False})
-    await ctx.session.erase()
+    await ctx.session.mc.erase()
     await ctx.checkpoint("erase", {"sent": True})
     return Outcome(await_reattach=True)
 
@@ -88,7 +89,7 @@ def _erased(ctx: StepContext) -> bool:
 
 async def supervise(ctx: StepContext) -> Outcome:
     steps, organization = ctx.config.steps, ctx.config.organization.name
-    configuration = await ctx.session.supervise(
+    configuration = await ctx.session.mc.supervise(
         organization, list(steps.skip_setup), language=steps.language, region=steps.region
     )
     verdicts.judge_supervision(
@@ -120,7 +121,7 @@ async def wifi(ctx: StepContext) -> Outcome:
     profile = _profile(data, source)
     # In DEP mode Wi-Fi comes before supervision (the iPad needs it to reach Apple): installed while still in
     # Setup Assistant, where no prompt is shown.
-    await ctx.session.install_profile(data, silent=ctx.config.enrollment.mode != "dep")
+    await ctx.session.mc.install_profile(data, silent=ctx.config.enrollment.mode != "dep")
     return Outcome({"profile": profile.get("PayloadIdentifier")})
 
 
@@ -132,7 +133,7 @@ async def profiles(ctx: StepContext) -> Outcome:
         except OSError as e:
             raise ConfigurationError(f"cannot read the profile {path}: {e.strerror}") from e
         profile = _profile(data, str(path))
-        await ctx.session.install_profile(data)
+        await ctx.session.mc.install_profile(data)
         installed.append(profile.get("PayloadIdentifier"))
     return Outcome({"installed": installed})
 
@@ -167,7 +168,7 @@ async def fetch_enrollment_profile(http: httpx.AsyncClient, url: str) -> bytes:
 
 async def enroll(ctx: StepContext) -> Outcome:
     if ctx.config.enrollment.mode == "dep":
-        configuration = await ctx.session.download_cloud_configuration()
+        configuration = await ctx.session.mc.download_cloud_configuration()
         verdicts.judge_dep(
             configuration,
             organization=ctx.config.organization.name,
@@ -178,7 +179,7 @@ async def enroll(ctx: StepContext) -> Outcome:
         return Outcome({"mode": "dep", "organization": configuration.get("OrganizationName")})
     url = ctx.config.enrollment.url or ""
     data = await fetch_enrollment_profile(ctx.http, url)
-    await ctx.session.store_enrollment_profile(data)
+    await ctx.session.mc.store_enrollment_profile(data)
     return Outcome({"mode": "url"})
 
 

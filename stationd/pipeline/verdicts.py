@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from stationd import errors
-from stationd.device.session import supervised_by
+from stationd.device.mcinstall import supervised_by
 
 CERTIFICATE_HINT = (
     "your MDM's enrollment (DEP) profile does not list this station's supervision certificate: add it there "

@@ -21,7 +21,6 @@ from stationd.device import DeviceFacts, DeviceSession
 from stationd.errors import DeviceGone, EraseTimeout, InternalError, StationError, StepTimeout
 from stationd.pipeline.steps import STEP_FUNCTIONS, Outcome, erase_proven
 from stationd.store import JobRecord
-from stationd.usb.address import pymobiledevice3_address
 
 if TYPE_CHECKING:
     from stationd.station import Station
@@ -240,7 +239,7 @@ class DeviceWorker:
         station.running_step[self.udid] = "identify"
         async with contextlib.AsyncExitStack() as stack:
             with _timeout("identify", station.config.timeouts.identify):
-                if await erase_proven(self.udid, job, pymobiledevice3_address(station.usbmux_address)):
+                if await erase_proven(self.udid, job, station.usbmux):
                     job = await station.transition(
                         self.udid, job, "step.finished", state="erase", step="erase", completed_step="erase",
                         step_data={"erase": {"confirmed": True, "proof": "pairing forgotten"}},
