@@ -61,8 +61,11 @@ async def device_with_job(store: Store, udid: str = "UDID-1", **fields):
 
 
 async def transition(store: Store, job: JobRecord, **fields) -> EventRecord:
-    """Record a transition of the job's device on this station."""
-    return await store.record_transition(udid=job.udid, job_id=job.id, station_id=STATION, **fields)
+    """Record a transition of the job's device on this station; check what it returns against what is stored."""
+    made = await store.record_transition(udid=job.udid, job_id=job.id, station_id=STATION, **fields)
+    assert made.device == await store.get_device(job.udid)
+    assert made.job == await store.get_job(job.id)
+    return made.event
 
 
 @contextmanager
@@ -468,9 +471,10 @@ async def test_concurrent_transitions_lose_no_update(store: Store) -> None:
     _, job = await device_with_job(store)
 
     async def finish(index: int) -> None:
-        await transition(
-            store,
-            job,
+        await store.record_transition(
+            udid=job.udid,
+            job_id=job.id,
+            station_id=STATION,
             kind="step.finished",
             state="enroll",
             completed_step=f"step-{index}",
@@ -509,19 +513,25 @@ async def test_concurrent_devices_each_get_one_job(store: Store) -> None:
 
 async def test_cancelled_caller_leaves_a_usable_consistent_store(store: Store) -> None:
     _, job = await device_with_job(store)
-    call = asyncio.ensure_future(
-        transition(store, job, kind="step.finished", state="erase", completed_step="erase")
-    )
-    await asyncio.sleep(0)
-    call.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await call
+
+    async def finish_erase() -> None:
+        await store.record_transition(
+            udid=job.udid, job_id=job.id, station_id=STATION, kind="step.finished", state="erase",
+            completed_step="erase",
+        )
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(finish_erase)
+        await anyio.sleep(0)
+        group.cancel_scope.cancel()
 
     assert (await store.get_device("UDID-1")).state == "erase"
     assert (await store.get_job(job.id)).completed_steps == ["erase"]
     with anyio.CancelScope() as scope:
         scope.cancel()
         await transition(store, job, kind="step.finished", state="wifi", completed_step="wifi")
+    assert (await store.get_job(job.id)).completed_steps == ["erase"], "cancelled before it began: nothing written"
+    await transition(store, job, kind="step.finished", state="wifi", completed_step="wifi")
     assert (await store.get_job(job.id)).completed_steps == ["erase", "wifi"]
     assert [e.kind for e in await store.list_events()] == ["job.started", "step.finished", "step.finished"]
 

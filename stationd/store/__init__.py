@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from stationd.store.base import Store, StoreError
-from stationd.store.records import DeviceRecord, EventRecord, JobRecord
+from stationd.store.records import DeviceRecord, EventRecord, JobRecord, Transition
 from stationd.store.sqlite import SQLiteStore
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "SQLiteStore",
     "Store",
     "StoreError",
+    "Transition",
     "open_store",
 ]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from types import TracebackType
 
-from stationd.store.records import DeviceRecord, EventRecord, JobRecord
+from stationd.store.records import DeviceRecord, EventRecord, JobRecord, Transition
 
 
 class StoreError(Exception):
@@ -110,15 +110,21 @@ class Store(ABC):
         error_code: str | None = None,
         error_message: str | None = None,
         job_status: str | None = None,
+        name: str | None = None,
         data: dict | None = None,
-    ) -> EventRecord:
-        """Persist one pipeline transition of device and job together with its event.
+    ) -> Transition:
+        """Persist one pipeline transition of device and job together with its event, in one round trip.
 
-        Sets the device's state (and step, when given) and error (cleared when error_code is
+        Sets the device's state (and step and name, when given) and error (cleared when error_code is
         None, on device and job alike); adds completed_step to the job once; deep-merges
         step_data; counts an attempt of attempt_step; sets job_status (finished_at when it
-        becomes done or failed); appends an event of `kind` carrying `data`.
+        becomes done or failed); appends an event of `kind` carrying `data`. Returns the event with
+        the device and the job as they are afterwards.
         """
+
+    @abstractmethod
+    async def allocate_counter(self, name: str) -> int:
+        """The next number of a named counter (1, 2, ...): never the same number twice, even across restarts."""
 
     @abstractmethod
     async def mark_interrupted(self, station_id: str) -> list[JobRecord]:

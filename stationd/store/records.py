@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-RUNNING = "running"
-INTERRUPTED = "interrupted"
-DONE = "done"
-FAILED = "failed"
-JOB_STATUSES = (RUNNING, DONE, FAILED, INTERRUPTED)
+from stationd.states import JobStatus
+
+RUNNING = JobStatus.RUNNING
+INTERRUPTED = JobStatus.INTERRUPTED
+DONE = JobStatus.DONE
+FAILED = JobStatus.FAILED
+JOB_STATUSES = tuple(JobStatus)
 UNFINISHED_STATUSES = (RUNNING, INTERRUPTED)
 FINISHED_STATUSES = (DONE, FAILED)
 
@@ -52,6 +54,15 @@ class JobRecord:
     def finished(self) -> bool:
         """True once the job is done or failed."""
         return self.status in FINISHED_STATUSES
+
+
+@dataclass
+class Transition:
+    """What one transition leaves: its event, and the device and job as they are after it."""
+
+    event: EventRecord
+    device: DeviceRecord
+    job: JobRecord
 
 
 @dataclass

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sqlite3
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aiosqlite
+import anyio
 
 from stationd.store.base import Store, StoreError, deep_merge
 from stationd.store.records import (
@@ -23,6 +23,7 @@ from stationd.store.records import (
     DeviceRecord,
     EventRecord,
     JobRecord,
+    Transition,
 )
 
 T = TypeVar("T")
@@ -89,6 +90,7 @@ MIGRATIONS: list[tuple[str, ...]] = [
         """,
         "CREATE INDEX events_udid ON events (udid, id)",
     ),
+    ("CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",),
 ]
 
 
@@ -99,8 +101,7 @@ class SQLiteStore(Store):
         self.path = Path(path)
         self._clock = clock
         self._db: aiosqlite.Connection | None = None
-        self._lock = asyncio.Lock()
-        self._transactions: set[asyncio.Future] = set()
+        self._lock = anyio.Lock()
 
     async def open(self) -> None:
         if self._db is not None:
@@ -112,7 +113,7 @@ class SQLiteStore(Store):
             raise StoreError(f"cannot open store {self.path}: {exc}") from exc
         db.row_factory = sqlite3.Row
         self._db = db
-        self._lock = asyncio.Lock()
+        self._lock = anyio.Lock()
         try:
             for pragma in (
                 "journal_mode = WAL",
@@ -291,23 +292,24 @@ class SQLiteStore(Store):
         error_code: str | None = None,
         error_message: str | None = None,
         job_status: str | None = None,
+        name: str | None = None,
         data: dict | None = None,
-    ) -> EventRecord:
+    ) -> Transition:
         if job_status is not None and job_status not in JOB_STATUSES:
             raise ValueError(f"job_status must be one of {', '.join(JOB_STATUSES)}, not {job_status!r}")
         if error_code is None:
             error_message = None
 
-        async def body(db: aiosqlite.Connection) -> EventRecord:
+        async def body(db: aiosqlite.Connection) -> Transition:
             now = self._clock()
             await _require_device(db, udid)
             job = await _require_job(db, job_id)
             if job.udid != udid:
                 raise StoreError(f"job {job_id} belongs to device {job.udid}, not {udid}")
             await db.execute(
-                "UPDATE devices SET state = ?, step = COALESCE(?, step), error_code = ?,"
+                "UPDATE devices SET state = ?, step = COALESCE(?, step), name = COALESCE(?, name), error_code = ?,"
                 " error_message = ?, updated_at = ? WHERE udid = ?",
-                (state, step, error_code, error_message, now, udid),
+                (state, step, name, error_code, error_message, now, udid),
             )
             if completed_step is not None and completed_step not in job.completed_steps:
                 job.completed_steps.append(completed_step)
@@ -320,11 +322,12 @@ class SQLiteStore(Store):
                 job.finished_at = None
             elif not job.finished:
                 job.finished_at = now
+            job.status, job.error_code, job.error_message = status, error_code, error_message
             await db.execute(
                 "UPDATE jobs SET status = ?, completed_steps = ?, step_data = ?, attempts = ?,"
                 " finished_at = ?, error_code = ?, error_message = ? WHERE id = ?",
                 (
-                    status,
+                    job.status,
                     _dumps(job.completed_steps),
                     _dumps(job.step_data),
                     _dumps(job.attempts),
@@ -334,9 +337,21 @@ class SQLiteStore(Store):
                     job_id,
                 ),
             )
-            return await self._insert_event(
+            event = await self._insert_event(
                 db, kind, station_id=station_id, udid=udid, step=step, data=data, job_id=job_id
             )
+            return Transition(event, await _require_device(db, udid), job)
+
+        return await self._atomic(body)
+
+    async def allocate_counter(self, name: str) -> int:
+        async def body(db: aiosqlite.Connection) -> int:
+            await db.execute(
+                "INSERT INTO counters (name, value) VALUES (?, 1) ON CONFLICT (name) DO UPDATE SET value = value + 1",
+                (name,),
+            )
+            row = await _one(db, "SELECT value FROM counters WHERE name = ?", (name,))
+            return int(row["value"])
 
         return await self._atomic(body)
 
@@ -410,33 +425,27 @@ class SQLiteStore(Store):
     async def _atomic(self, body: Body[T], *, write: bool = True) -> T:
         """Run body in one transaction, one call at a time.
 
-        Once the lock is taken the transaction runs to its end in its own task, so a caller
-        cancelled half-way (device unplugged, shutdown) never leaves a transaction open on the
-        shared connection.
+        Once the lock is taken the transaction is shielded and runs to its end, so a caller cancelled half-way
+        (device unplugged, shutdown) never leaves a transaction open on the shared connection.
         """
         self._require_open()
-        await self._lock.acquire()
-        transaction = asyncio.ensure_future(self._transaction(body, write))
-        self._transactions.add(transaction)
-        transaction.add_done_callback(self._transactions.discard)
-        return await asyncio.shield(transaction)
+        async with self._lock:
+            with anyio.CancelScope(shield=True):
+                return await self._transaction(body, write)
 
     async def _transaction(self, body: Body[T], write: bool) -> T:
-        """Run body between BEGIN and COMMIT, roll back on any error, then release the lock."""
+        """Run body between BEGIN and COMMIT; roll back on any error."""
+        db = self._require_open()
         try:
-            db = self._require_open()
-            try:
-                await db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-                result = await body(db)
-                await db.execute("COMMIT")
-                return result
-            except BaseException as exc:
-                await db.rollback()
-                if isinstance(exc, sqlite3.Error):
-                    raise StoreError(str(exc)) from exc
-                raise
-        finally:
-            self._lock.release()
+            await db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            result = await body(db)
+            await db.execute("COMMIT")
+            return result
+        except BaseException as exc:
+            await db.rollback()
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(str(exc)) from exc
+            raise
 
     def _require_open(self) -> aiosqlite.Connection:
         if self._db is None:
