@@ -24,7 +24,7 @@ from pathlib import Path
 
 EMULATOR = """
 import json, sys
-from stationd.daemon import demo_specs
+from stationd.demo import demo_specs
 from stationd.emulator.thread import EmulatorThread
 with EmulatorThread(demo_specs({n}), socket_path={socket!r}, speed={speed}) as emulator:
     print(json.dumps({{"usbmux": emulator.usbmux_address, "activation": emulator.activation_url}}), flush=True)
@@ -47,9 +47,9 @@ def one(n: int, speed: float) -> dict[str, float]:
     )
     from stationd.emulator.mdm_server import mdm_app
     from stationd.httpserve import HTTPServer
+    from stationd.assemble import assemble
+    from stationd.events import EventBus
     from stationd.identity import create_identity
-    from stationd.station import Station, running
-    from stationd.store import open_store
 
     workdir = Path(tempfile.mkdtemp(prefix="stationd-bench-"))
     os.environ["HOME"] = str(workdir)
@@ -74,19 +74,18 @@ def one(n: int, speed: float) -> dict[str, float]:
             api=ApiConfig(listen=None),
         )
         done: set[str] = set()
-        async with open_store(config.station.database) as store:
-            station = Station(config, store, identity, usbmux_address=info["usbmux"], backoff=(0.2, 2.0))
-            with station.bus.subscribe() as events:
-                started = time.perf_counter()
-                async with running(station):
-                    async for event in events:
-                        if event.kind == "step.failed":
-                            raise RuntimeError(f"{event.serial} failed: {event.data.get('error_message')}")
-                        if event.kind == "device.done" and event.udid:
-                            done.add(event.udid)
-                        if len(done) == n:
-                            break
-                wall = time.perf_counter() - started
+        bus = EventBus()
+        with bus.subscribe() as events:
+            started = time.perf_counter()
+            async with assemble(config, identity, usbmux_address=info["usbmux"], backoff=(0.2, 2.0), bus=bus):
+                async for event in events:
+                    if event.kind == "step.failed":
+                        raise RuntimeError(f"{event.serial} failed: {event.data.get('error_message')}")
+                    if event.kind == "device.done" and event.udid:
+                        done.add(event.udid)
+                    if len(done) == n:
+                        break
+            wall = time.perf_counter() - started
         await mdm.stop()
         return wall
 

@@ -20,16 +20,16 @@ from typing import Any, Protocol
 from stationd.events import Event
 from stationd.hooks import hookimpl
 from stationd.plugins import PluginContext, Settings
+from stationd.states import PortStatus
 
-STATUSES = ("empty", "busy", "waiting", "done", "failed", "attention")
+STATUSES = tuple(PortStatus)
 MODES = ("on", "off", "blink", "slow")
 DEFAULT_PATTERNS: dict[str, dict[str, str]] = {
-    "empty": {},
-    "busy": {"green": "blink"},
-    "waiting": {"green": "slow"},
-    "done": {"green": "on"},
-    "failed": {"red": "on"},
-    "attention": {"red": "blink"},
+    PortStatus.EMPTY: {},
+    PortStatus.BUSY: {"green": "blink"},
+    PortStatus.WAITING: {"green": "slow"},
+    PortStatus.DONE: {"green": "on"},
+    PortStatus.FAILED: {"red": "on"},
 }
 LED_FILES = ("brightness", "max_brightness", "trigger")
 SETTINGS = ("driver", "root", "ports", "patterns", "blink_ms", "slow_ms")
@@ -184,7 +184,7 @@ class Leds:
 
     def all_off(self) -> None:
         for label in self.ports:
-            self.show(label, "empty")
+            self.show(label, PortStatus.EMPTY)
 
     @hookimpl
     def stationd_startup(self) -> None:

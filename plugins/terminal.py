@@ -21,8 +21,10 @@ from rich.table import Table
 from stationd.events import Event
 from stationd.hooks import hookimpl
 from stationd.plugins import PluginContext, Settings
+from stationd.states import PortStatus
 
-STYLES = {"busy": "yellow", "waiting": "cyan", "done": "green", "failed": "bold red", "attention": "bold magenta"}
+STYLES = {PortStatus.BUSY: "yellow", PortStatus.WAITING: "cyan", PortStatus.DONE: "green",
+          PortStatus.FAILED: "bold red"}
 JOB_KINDS = ("job.started", "job.resumed", "job.retried", "step.started", "step.progress", "step.finished",
              "step.waiting", "step.retrying")
 
@@ -41,7 +43,7 @@ class PortRow:
     udid: str | None = None
     serial: str | None = None
     name: str | None = None
-    status: str = "empty"
+    status: str = PortStatus.EMPTY
     step: str | None = None
     finished: set[str] = field(default_factory=set)
     started_at: float | None = None
@@ -94,8 +96,6 @@ class Board:
         row.serial = event.serial or row.serial
         row.name = event.data.get("name") or row.name
         kind = event.kind
-        if row.status == "empty" and kind != "port.changed":
-            row.status = "busy"
         if kind in JOB_KINDS and (row.started_at is None or kind == "job.started"):
             row.started_at, row.ended_at = event.ts, None
         if kind == "job.retried":
@@ -108,13 +108,13 @@ class Board:
             row.error = f"retrying: {event.data.get('error_message') or event.data.get('error_code')}"
         elif kind == "step.failed":
             row.error = event.data.get("error_message") or event.data.get("error_code") or "failed"
-            row.status, row.step, row.ended_at = "failed", event.step or row.step, event.ts
+            row.step, row.ended_at = event.step or row.step, event.ts
         elif kind == "device.done":
-            row.status, row.step, row.error, row.ended_at = "done", "done", None, event.ts
+            row.step, row.error, row.ended_at = "done", None, event.ts
             row.finished.update(self.plan)
-        elif kind == "port.changed":
+        elif kind == "port.changed":  # the station's own port status, the one every light and tile shows
             row.status = str(event.data.get("status") or row.status)
-            if row.status == "empty":
+            if row.status == PortStatus.EMPTY:
                 self.rows[row.label] = PortRow(row.label)
 
     def progress(self, row: PortRow) -> str:
@@ -127,7 +127,7 @@ class Board:
         with self.lock:
             rows = list(self.rows.values())
             now = self.clock()
-            counts = {status: sum(r.status == status for r in rows) for status in ("done", "failed")}
+            counts = {status: sum(r.status == status for r in rows) for status in (PortStatus.DONE, PortStatus.FAILED)}
             table = Table(
                 title=f"stationd · {self.station_id}",
                 caption=f"{counts['done']} done · {counts['failed']} failed",

@@ -23,7 +23,8 @@ from stationd.config import (
     example_config,
     load_config,
 )
-from stationd.daemon import cancel_on_signal, demo, run_station
+from stationd.daemon import cancel_on_signal, run_station
+from stationd.demo import demo
 from stationd.doctor import run_checks
 from stationd.errors import StationError
 from stationd.events import Event

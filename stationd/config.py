@@ -146,6 +146,11 @@ class NamingConfig:
 
     pattern: str = "{org}-{serial}"
 
+    @property
+    def numbered(self) -> bool:
+        """The pattern uses {n}, the station's counter."""
+        return any(name == "n" for _, name, _, _ in string.Formatter().parse(self.pattern))
+
     def device_name(self, *, org: str, serial: str, model: str = "", port: str = "", n: int = 0) -> str:
         """Fill the pattern for one device."""
         return self.pattern.format(org=org, serial=serial, model=model, port=port, n=n)
@@ -176,7 +181,9 @@ class TimeoutsConfig:
     activate: float = 300
     supervise: float = 120
     wifi: float = 120
+    profiles: float = 120
     enroll: float = 300
+    name: float = 60
     report: float = 60
     retries: int = 3
 
@@ -866,7 +873,9 @@ erase_start = 60
 activate = 300
 supervise = 120
 wifi = 120
+profiles = 120
 enroll = 300
+name = 60
 report = 60
 # How many times a failed step is tried again.
 retries = 3

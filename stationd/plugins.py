@@ -313,19 +313,13 @@ class PluginHost:
         if self._reading is not None:
             self._reading.cancel()
 
-    def report(self, device: dict[str, Any]) -> None:
-        """Queue `stationd_report(device)` for every plugin that implements it; never waits."""
-        if not self._lanes:
-            log.warning("plugin.report_dropped", serial=device.get("serial"), reason="the plugin host is not running")
-            return
-        for lane in self._lanes.values():
-            self._put(lane, ("stationd_report",), {"device": device})
-
     def _fan_out(self, event: Event) -> None:
         special = hooks.EVENT_HOOKS.get(event.kind)
         names = ("stationd_event", special) if special else ("stationd_event",)
         for lane in self._lanes.values():
             self._put(lane, names, {"event": event})
+            if event.kind == "device.reported":  # a finished iPad's row, for reporters: from the trail too
+                self._put(lane, ("stationd_report",), {"device": event.data.get("device", {})})
 
     def _put(self, lane: _Lane, names: tuple[str, ...], kwargs: dict[str, Any]) -> None:
         if not lane.put(names, kwargs):

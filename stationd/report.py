@@ -38,7 +38,8 @@ def _iso(ts: float | None) -> str | None:
     return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def _row(device: DeviceRecord, job: JobRecord | None) -> dict[str, Any]:
+def row(device: DeviceRecord, job: JobRecord | None) -> dict[str, Any]:
+    """One device's row, from its record and its latest job."""
     facts = device.facts or {}
     return {
         "serial": device.serial,
@@ -68,14 +69,14 @@ async def device_row(store: Store, udid: str) -> dict[str, Any] | None:
     if device is None:
         return None
     jobs = await store.jobs_for(udid)
-    return _row(device, jobs[-1] if jobs else None)
+    return row(device, jobs[-1] if jobs else None)
 
 
 async def device_rows(store: Store) -> list[dict[str, Any]]:
     rows = []
     for device in await store.list_devices():
         jobs = await store.jobs_for(device.udid)
-        rows.append(_row(device, jobs[-1] if jobs else None))
+        rows.append(row(device, jobs[-1] if jobs else None))
     return rows
 
 

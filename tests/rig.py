@@ -25,11 +25,11 @@ from stationd.config import (
 )
 from stationd.emulator import Emulator
 from stationd.emulator.mdm_server import mdm_app
-from stationd.events import Event
+from stationd.assemble import assemble
+from stationd.events import Event, EventBus
 from stationd.httpserve import HTTPServer
 from stationd.identity import Identity, create_identity
-from stationd.station import Station, running
-from stationd.store import open_store
+from stationd.station import Station
 
 ORG = "Rig School"
 FINAL = {"device.done", "step.failed"}
@@ -66,14 +66,13 @@ class Rig:
         return self.emulator.devices[udid].snapshot()
 
     @contextlib.asynccontextmanager
-    async def station(self, **sections: Any) -> AsyncIterator[Station]:
+    async def station(self, bus: EventBus | None = None, **sections: Any) -> AsyncIterator[Station]:
         config = dataclasses.replace(self.config, **sections) if sections else self.config
-        async with open_store(config.station.database) as store:
-            station = Station(
-                config, store, self.identity, usbmux_address=self.emulator.usbmux_address, backoff=(0.01, 0.05)
-            )
-            async with running(station):
-                yield station
+        async with assemble(
+            config, self.identity, usbmux_address=self.emulator.usbmux_address, backoff=(0.01, 0.05), plugins=False,
+            bus=bus,
+        ) as assembly:
+            yield assembly.station
 
     async def run_until_settled(
         self,
@@ -84,8 +83,9 @@ class Rig:
     ) -> dict[str, Event]:
         """Run a station until every listed device is done or failed, or `on_event` returns True."""
         finals: dict[str, Event] = {}
-        async with self.station(**sections) as station:
-            with station.bus.subscribe() as events:
+        bus = EventBus()
+        with bus.subscribe() as events:
+            async with self.station(bus, **sections):
                 with anyio.fail_after(timeout):
                     async for event in events:
                         if on_event is not None and on_event(event):

@@ -59,7 +59,6 @@ SLOW = {"trigger": "timer", "delay_on": "1000", "delay_off": "1000"}
         ("waiting", SLOW, OFF),
         ("done", {"trigger": "none", "brightness": "255"}, OFF),
         ("failed", OFF, {"trigger": "none", "brightness": "1"}),
-        ("attention", OFF, BLINK),
     ],
 )
 def test_each_port_status_lights_its_pattern(sysfs: Path, status: str, green: dict, red: dict) -> None:

@@ -222,7 +222,7 @@ async def test_every_hook_in_order_with_its_own_settings() -> None:
         bus.publish(event(1, "port.changed", port_label="Hub A · 1", data={"status": "busy", "previous": "empty"}))
         bus.publish(event(2, "step.failed", data={"error_code": "timeout", "error_message": "slow"}))
         bus.publish(event(3, "device.done"))
-        host.report({"serial": "F9F123"})
+        bus.publish(event(4, "device.reported", data={"device": {"serial": "F9F123"}}))
     await host.shutdown()
     assert ("report", "F9F123") in plugin.calls
     assert [call for call in plugin.calls if call[0] != "report"] == [
@@ -230,18 +230,10 @@ async def test_every_hook_in_order_with_its_own_settings() -> None:
         ("event", 1), ("port", "busy"),
         ("event", 2), ("failed", "timeout"),
         ("event", 3), ("done", 3),
+        ("event", 4),
         ("event", 999),
         ("shutdown", "cart-1"),
     ]
-
-
-def test_report_outside_run_is_dropped_with_a_warning() -> None:
-    plugin = Everything()
-    host = host_with(("everything", plugin))
-    with structlog.testing.capture_logs() as logs:
-        host.report({"serial": "F9F123"})
-    assert plugin.calls == []
-    assert [entry["event"] for entry in logs] == ["plugin.report_dropped"]
 
 
 @pytest.mark.anyio
@@ -344,6 +336,7 @@ async def test_desktop_without_its_tool_says_so_once_and_stops(tmp_path: Path) -
 def board_events() -> list[Event]:
     one = {"udid": "u1", "serial": "F9F111", "port_label": "Hub A · 1"}
     two = {"udid": "u2", "serial": "F9F222", "port_label": "Hub A · 2"}
+    three = {"udid": "u3", "serial": "F9F333", "port_label": "Hub B · 1"}
     return [
         event(1, "station.started", data={"plan": ["erase", "activate", "name"]}),
         event(2, "port.changed", **one, data={"status": "busy", "previous": "empty"}),
@@ -353,7 +346,9 @@ def board_events() -> list[Event]:
         event(6, "step.started", **two, step="erase"),
         event(7, "step.failed", **two, step="erase", data={"error_code": "erase_timeout",
                                                            "error_message": "The iPad did not come back"}),
-        event(8, "device.done", udid="u3", serial="F9F333", port_label="Hub B · 1", data={"name": "Lincoln-F9F333"}),
+        event(8, "port.changed", **two, data={"status": "failed", "previous": "busy"}),
+        event(9, "device.done", **three, data={"name": "Lincoln-F9F333"}),
+        event(10, "port.changed", **three, data={"status": "done", "previous": "busy"}),
     ]
 
 

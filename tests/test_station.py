@@ -174,7 +174,7 @@ async def test_done_device_replugged_is_not_touched_again(tmp_path: Path) -> Non
         rig.emulator.unplug(spec.udid)
         rig.emulator.plug(spec.udid)
         async with rig.station() as station:
-            assert await station.job_for(spec.udid) is None
+            assert await station.jobs.job_for(spec.udid) is None
         assert rig.device(spec.udid)["erase_count"] == 1
 
 

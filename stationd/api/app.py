@@ -177,7 +177,7 @@ class Api:
         return HTMLResponse(self.dashboard_html, headers={"cache-control": "no-cache"})
 
     async def station_info(self, request: Request) -> Response:
-        ports = await port_views(self.station)
+        ports = port_views(self.station)
         devices = await self.store.list_devices()
         config = self.station.config
         return JSONResponse(
@@ -194,7 +194,7 @@ class Api:
         )
 
     async def ports(self, request: Request) -> Response:
-        ports = await port_views(self.station)
+        ports = port_views(self.station)
         return JSONResponse(
             {"station": self.station.station_id, "now": time.time(), "counts": status_counts(ports), "ports": ports}
         )

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stationd.errors import title
+from stationd.states import JobStatus, PortStatus
 from stationd.store import DeviceRecord, JobRecord
 
-STATUSES = ("empty", "busy", "waiting", "done", "failed")
+if TYPE_CHECKING:
+    from stationd.station import Station
 
 def location_hex(location_id: int | None) -> str | None:
     return None if location_id is None else f"0x{location_id:08x}"
@@ -29,7 +31,7 @@ def job_view(job: JobRecord | None, plan: list[str], now: float) -> dict[str, An
         "station_id": job.station_id,
         "status": job.status,
         "completed_steps": job.completed_steps,
-        "steps_done": len(plan) if job.status == "done" else len(done),
+        "steps_done": len(plan) if job.status == JobStatus.DONE else len(done),
         "steps_total": len(plan),
         "attempts": job.attempts,
         "started_at": job.started_at,
@@ -50,7 +52,7 @@ def device_summary(device: DeviceRecord) -> dict[str, Any]:
     }
 
 
-def device_view(device: DeviceRecord, job: JobRecord | None, station: Any, now: float) -> dict[str, Any]:
+def device_view(device: DeviceRecord, job: JobRecord | None, station: Station, now: float) -> dict[str, Any]:
     facts = device.facts or {}
     return {
         **device_summary(device),
@@ -63,47 +65,36 @@ def device_view(device: DeviceRecord, job: JobRecord | None, station: Any, now: 
         "error_message": device.error_message,
         "port": station.config.ports.label(device.location_id),
         "location_id": device.location_id,
-        "attached": _attached(station, device.udid),
+        "attached": station.attached(device.udid),
         "first_seen": device.first_seen,
         "updated_at": device.updated_at,
         "job": job_view(job, station.plan, now),
     }
 
 
-async def port_views(station: Any) -> list[dict[str, Any]]:
-    """Every mapped port and every port a device was seen on (empty or not), in physical order.
-
-    A port's status is the station's own (`station.ports`, the same one `port.changed` events announce).
-    """
+def port_views(station: Station) -> list[dict[str, Any]]:
+    """Every mapped port and every port a device was seen on (empty or not), in physical order, from the
+    station's view: the same statuses `port.changed` events announce, with no store call."""
     now = time.time()
+    view = station.view
     locations: dict[str, int | None] = {label: location for location, label in station.config.ports.labels.items()}
-    occupants: dict[str, tuple[DeviceRecord, str]] = {}
-    for label, (udid, status) in list(station.ports.items()):
-        device = await station.store.get_device(udid)
-        if device is None or device.port_label != label:
-            continue  # forgotten, or moved to another port since
-        locations.setdefault(label, device.location_id)
-        if status != "empty":
-            occupants[label] = (device, status)
+    for label, (udid, _) in view.ports.items():
+        device = view.devices.get(udid)
+        if device is not None and device.port == label:
+            locations.setdefault(label, device.device.location_id)
     views = []
     for label in sorted(locations, key=lambda name: (locations[name] is None, locations[name] or 0, name)):
-        view = _empty_port(label, locations[label], station.plan)
-        if label in occupants:
-            device, status = occupants[label]
-            jobs = await station.store.jobs_for(device.udid)
-            view.update(_occupied(device, status, jobs[-1] if jobs else None, station.plan, now))
-        views.append(view)
+        port = _empty_port(label, locations[label], station.plan)
+        occupant = view.occupant(label)
+        if occupant is not None:
+            port.update(_occupied(occupant.device, view.ports[label][1], occupant.job, station.plan, now))
+        views.append(port)
     return views
 
 
 def status_counts(ports: list[dict[str, Any]]) -> dict[str, int]:
     counts = Counter(port["status"] for port in ports)
-    return {status: counts.get(status, 0) for status in STATUSES}
-
-
-def _attached(station: Any, udid: str) -> bool:
-    worker = station.workers.get(udid)
-    return worker is not None and worker.attached.is_set()
+    return {status: counts.get(status, 0) for status in PortStatus}
 
 
 def _empty_port(label: str, location: int | None, plan: list[str]) -> dict[str, Any]:
@@ -111,7 +102,7 @@ def _empty_port(label: str, location: int | None, plan: list[str]) -> dict[str, 
         "label": label,
         "location_id": location,
         "location": location_hex(location),
-        "status": "empty",
+        "status": PortStatus.EMPTY,
         "device": None,
         "step": None,
         "steps_done": 0,
@@ -131,14 +122,14 @@ def _occupied(
     device: DeviceRecord, status: str, job: JobRecord | None, plan: list[str], now: float
 ) -> dict[str, Any]:
     view: dict[str, Any] = {"status": status, "device": device_summary(device), "step": device.step}
-    view["restarting"] = status == "waiting" and _erasing(job)
+    view["restarting"] = status == PortStatus.WAITING and _erasing(job)
     summary = job_view(job, plan, now)
     if summary is not None:
         view.update(
             {key: summary[key] for key in ("steps_done", "steps_total", "started_at", "finished_at", "elapsed")}
         )
         view["job_id"] = summary["id"]
-    if status == "failed":
+    if status == PortStatus.FAILED:
         view.update(
             error_code=device.error_code,
             error_title=title(device.error_code),

@@ -2,6 +2,7 @@
 `session.mc`), errors translated for the technician."""
 
 from stationd.device.mcinstall import MCInstall
+from stationd.device.opener import SessionOpener
 from stationd.device.session import DeviceFacts, DeviceSession, SupervisorIdentity, pairing_known
 
-__all__ = ["DeviceFacts", "DeviceSession", "MCInstall", "SupervisorIdentity", "pairing_known"]
+__all__ = ["DeviceFacts", "DeviceSession", "MCInstall", "SessionOpener", "SupervisorIdentity", "pairing_known"]

@@ -10,8 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from stationd.device import pairing_known
-from stationd.usbmux import UsbmuxAddress
+from stationd.device import SessionOpener
 from stationd.errors import (
     ConfigurationError,
     EnrollmentInvalid,
@@ -20,6 +19,8 @@ from stationd.errors import (
 )
 from stationd.pipeline import verdicts
 from stationd.profiles import ProfileInvalid, payload_types, validate_profile
+
+NAMING_COUNTER = "naming"
 
 if TYPE_CHECKING:
     from stationd.pipeline.worker import StepContext
@@ -32,6 +33,7 @@ class Outcome:
 
     data: dict[str, Any] = field(default_factory=dict)
     await_reattach: bool = False
+    name: str | None = None  # the device's new name, recorded with the step's end
 
 
 async def identify(ctx: StepContext) -> Outcome:
@@ -39,7 +41,7 @@ async def identify(ctx: StepContext) -> Outcome:
     return Outcome({"serial": facts.serial, "product_type": facts.product_type, "version": facts.product_version})
 
 
-async def erase_proven(udid: str, job: JobRecord, usbmux_address: UsbmuxAddress, device_id: int | None) -> bool:
+async def erase_proven(sessions: SessionOpener, udid: str, job: JobRecord, device_id: int | None) -> bool:
     """Whether the erase this job requested has happened, judged before anything pairs with the iPad again.
 
     Proof of wipe: the iPad no longer holds the pairing the request was sent over (an erase forgets every
@@ -49,7 +51,7 @@ async def erase_proven(udid: str, job: JobRecord, usbmux_address: UsbmuxAddress,
     saved = job.step_data.get("erase") or {}
     if "erase" in job.completed_steps or not saved.get("pairing"):
         return False
-    return not await pairing_known(udid, saved["pairing"], usbmux_address=usbmux_address, device_id=device_id)
+    return not await sessions.pairing_known(udid, saved["pairing"], device_id)
 
 
 async def erase(ctx: StepContext) -> Outcome:
@@ -184,16 +186,16 @@ async def enroll(ctx: StepContext) -> Outcome:
 
 
 async def name(ctx: StepContext) -> Outcome:
-    device_name = ctx.config.naming.device_name(
+    naming = ctx.config.naming
+    device_name = naming.device_name(
         org=ctx.config.organization.name,
         serial=ctx.facts.serial,
         model=ctx.facts.product_type,
         port=ctx.port_label or "",
-        n=await ctx.ordinal(),
+        n=await ctx.number("name", NAMING_COUNTER) if naming.numbered else 0,
     )
     await ctx.session.set_name(device_name)
-    await ctx.station.store.upsert_device(ctx.udid, name=device_name)
-    return Outcome({"name": device_name})
+    return Outcome({"name": device_name}, name=device_name)
 
 
 async def report(ctx: StepContext) -> Outcome:

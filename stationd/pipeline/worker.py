@@ -1,5 +1,8 @@
 """One device's life at the station: wait for it to attach, run its job's missing steps, survive unplugs and erases.
 
+A worker knows nothing of the station around it: it gets a `Pipeline` (the plan, the configuration, the job log it
+writes through, the session opener, the timing) and the signals of its device (attached, detached, nudged).
+
 States a device shows (stored on the device row): "new", "<step>" while a step runs, "waiting" (unplugged or
 rebooting between steps), "interrupted", "done", "failed".
 """
@@ -9,30 +12,43 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 import httpx
 import structlog
 
 from stationd.config import Config
-from stationd.device import DeviceFacts, DeviceSession
+from stationd.device import DeviceFacts, DeviceSession, SessionOpener
 from stationd.errors import DeviceGone, EraseTimeout, InternalError, StationError, StepTimeout
+from stationd.pipeline.joblog import JobLog
 from stationd.pipeline.steps import STEP_FUNCTIONS, Outcome, erase_proven
+from stationd.pipeline.timing import Timing
+from stationd.states import DeviceState, JobStatus
 from stationd.store import JobRecord
-
-if TYPE_CHECKING:
-    from stationd.station import Station
 
 log = structlog.get_logger("stationd.pipeline")
 
 
+@dataclass(frozen=True)
+class Pipeline:
+    """What every device worker shares: nothing of the station but these."""
+
+    plan: list[str]
+    config: Config
+    jobs: JobLog
+    sessions: SessionOpener
+    timing: Timing
+    http: httpx.AsyncClient
+    limiter: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(8))
+
+
 @dataclass
 class StepContext:
-    """What a step may use: the open device session, the configuration, the job so far."""
+    """What a step may use: the open device session, the pipeline's configuration, the job so far."""
 
-    station: Station
+    pipeline: Pipeline
     udid: str
     session: DeviceSession
     facts: DeviceFacts
@@ -41,39 +57,36 @@ class StepContext:
 
     @property
     def config(self) -> Config:
-        return self.station.config
+        return self.pipeline.config
 
     @property
     def http(self) -> httpx.AsyncClient:
-        return self.station.http
+        return self.pipeline.http
 
     @property
     def plan(self) -> list[str]:
-        return self.station.plan
+        return self.pipeline.plan
 
     @property
     def identity_certificate(self) -> bytes:
-        """Our supervision certificate (DER); the session refuses to supervise without an identity first."""
-        identity = self.station.identity
-        return identity.certificate_der if identity is not None else b""
+        return self.pipeline.sessions.certificate_der
 
     async def checkpoint(self, step: str, data: dict[str, Any]) -> None:
         """Persist step data before acting on it (write-ahead), e.g. that an erase is about to be sent."""
-        self.job = await self.station.transition(
-            self.udid, self.job, "step.progress", state=step, step=step, step_data={step: data}, data=data
-        )
+        self.job = await self.pipeline.jobs.checkpoint(self.udid, self.job, step, data)
 
-    async def ordinal(self) -> int:
-        """This device's number at the station, for naming patterns with {n}."""
-        devices = await self.station.store.list_devices()
-        return next((i for i, d in enumerate(devices, 1) if d.udid == self.udid), len(devices) + 1)
+    async def number(self, step: str, counter: str) -> int:
+        """This job's number from the station's counter `counter` (kept in the job: a retry keeps it)."""
+        value, self.job = await self.pipeline.jobs.number(self.udid, self.job, step, counter)
+        return value
 
 
 class DeviceWorker:
     """Drives one device's jobs; lives from the device's first attach until the station stops or forgets it."""
 
-    def __init__(self, station: Station, udid: str) -> None:
-        self.station = station
+    def __init__(self, pipeline: Pipeline, udid: str) -> None:
+        self.pipeline = pipeline
+        self.jobs = pipeline.jobs
         self.udid = udid
         self.location_id: int | None = None
         self.device_id: int | None = None  # usbmuxd's id for the current attachment (a new one at every attach)
@@ -85,6 +98,7 @@ class DeviceWorker:
         self.scope: anyio.CancelScope | None = None  # the attempt in progress, cancelled by a detach
         self.life = anyio.CancelScope()  # the whole worker, cancelled when the device is forgotten
         self.deadline: float | None = None  # when an erased device must be back
+        self.running_step = "identify"
         self.log = log.bind(udid=udid)
 
     # -- signals from the USB watcher and the operator ------------------------------------------------------------
@@ -106,12 +120,13 @@ class DeviceWorker:
 
     # -- the loop -------------------------------------------------------------------------------------------------
     async def run(self) -> None:
+        timing = self.pipeline.timing
         with self.life:
             while True:
                 await self._wait_attached()
                 self.wake = anyio.Event()
                 try:
-                    job = await self.station.job_for(self.udid)
+                    job = await self.jobs.job_for(self.udid)
                     result = "idle" if job is None else await self._attempt(job)
                 except Exception:  # e.g. the database refused a write: this iPad waits, the others carry on
                     self.log.exception("device.worker_error")
@@ -119,9 +134,9 @@ class DeviceWorker:
                 if result in ("idle", "done", "failed"):
                     await self.wake.wait()
                 elif result == "waiting":
-                    await self._wait_detached(time.monotonic() + self.station.config.timeouts.erase_start)
+                    await self._wait_detached(time.monotonic() + timing.erase_start)
                 elif result == "interrupted":
-                    await self._wait_detached(time.monotonic() + self.station.backoff[0])
+                    await self._wait_detached(time.monotonic() + timing.backoff[0])
 
     async def _wait_detached(self, deadline: float) -> None:
         """Let the device go away (an erasing iPad detaches) before looking for it again."""
@@ -139,15 +154,15 @@ class DeviceWorker:
 
     async def _erase_timed_out(self) -> None:
         self.deadline = None
-        jobs = await self.station.store.jobs_for(self.udid)
-        if jobs and jobs[-1].status == "running":
-            await self.station.transition(
+        job = await self.jobs.latest(self.udid)
+        if job is not None and job.status == JobStatus.RUNNING:
+            await self.jobs.transition(
                 self.udid,
-                jobs[-1],
+                job,
                 "step.failed",
-                state="failed",
+                state=DeviceState.FAILED,
                 step="erase",
-                job_status="failed",
+                job_status=JobStatus.FAILED,
                 error_code=EraseTimeout.code,
                 error_message="The iPad did not come back after erasing. Check its screen; when it shows Hello, "
                 "replug it.",
@@ -155,21 +170,18 @@ class DeviceWorker:
 
     async def _attempt(self, job: JobRecord) -> str:
         """Run the job while the device stays attached: 'done', 'failed', 'waiting' or 'interrupted'."""
-        station = self.station
-        async with station.limiter:
+        async with self.pipeline.limiter:
             with anyio.CancelScope() as scope:
                 self.scope = scope
                 try:
                     return await self._sessions(job)
                 except DeviceGone as e:
-                    job = await station.current(job)
-                    await station.interrupted(self.udid, job, str(e))
+                    await self.jobs.interrupted(self.udid, await self.jobs.current(job), self.running_step, str(e))
                     return "interrupted"
                 finally:
                     self.scope = None
-            job = await station.current(job)
             with anyio.CancelScope(shield=True):
-                await station.interrupted(self.udid, job, "unplugged")
+                await self.jobs.interrupted(self.udid, await self.jobs.current(job), self.running_step, "unplugged")
             return "interrupted"
 
     async def _sessions(self, job: JobRecord) -> str:
@@ -178,8 +190,7 @@ class DeviceWorker:
         The retry budget (`timeouts.retries` per step, or fewer for an error that caps it) starts afresh each time
         the iPad is plugged in or retried: tries from before stay in the job's attempts, for the record. Anything
         else that escapes a step (a bug) fails this iPad alone as `internal_error`; every other iPad carries on."""
-        station = self.station
-        step = "identify"
+        timing = self.pipeline.timing
         before = dict(job.attempts)
         while True:
             try:
@@ -189,22 +200,19 @@ class DeviceWorker:
                     raise
                 error = e
             except Exception as e:  # the failure boundary of one iPad; cancellation is a BaseException
-                step = station.running_step.get(self.udid, step)
-                self.log.exception("step.crashed", step=step)
+                self.log.exception("step.crashed", step=self.running_step)
                 error = InternalError(
-                    f"The station hit an internal error in the {step} step ({type(e).__name__}); the details are in "
-                    "the station's log (journalctl -u stationd, or the terminal running it). Replug the iPad to try "
-                    "again."
+                    f"The station hit an internal error in the {self.running_step} step ({type(e).__name__}); the "
+                    "details are in the station's log (journalctl -u stationd, or the terminal running it). Replug "
+                    "the iPad to try again."
                 )
-            job = await station.current(job)
-            step = station.running_step.get(self.udid, step)
+            job = await self.jobs.current(job)
+            step = self.running_step
             tries = job.attempts.get(step, 0) - before.get(step, 0) + 1
-            allowed = station.config.timeouts.retries
-            if error.retries is not None:
-                allowed = min(allowed, error.retries)
+            allowed = timing.retries if error.retries is None else min(timing.retries, error.retries)
             if error.transient and tries <= allowed:
-                delay = station.backoff_delay(tries)
-                job = await station.transition(
+                delay = timing.backoff_delay(tries)
+                job = await self.jobs.transition(
                     self.udid,
                     job,
                     "step.retrying",
@@ -221,14 +229,14 @@ class DeviceWorker:
             message = str(error)
             if error.transient:
                 message += f" The station tried {tries} times; replug the iPad to try again."
-            await station.transition(
+            await self.jobs.transition(
                 self.udid,
                 job,
                 "step.failed",
-                state="failed",
+                state=DeviceState.FAILED,
                 step=step,
                 attempt_step=step,
-                job_status="failed",
+                job_status=JobStatus.FAILED,
                 error_code=error.code,
                 error_message=message,
             )
@@ -236,42 +244,35 @@ class DeviceWorker:
             return "failed"
 
     async def _steps(self, job: JobRecord) -> str:
-        station = self.station
-        station.running_step[self.udid] = "identify"
+        pipeline, jobs = self.pipeline, self.jobs
+        self.running_step = "identify"
         async with contextlib.AsyncExitStack() as stack:
-            with _timeout("identify", station.config.timeouts.identify):
-                if await erase_proven(self.udid, job, station.usbmux, self.device_id):
-                    job = await station.transition(
+            with _timeout("identify", pipeline.timing.step_timeout("identify")):
+                if await erase_proven(pipeline.sessions, self.udid, job, self.device_id):
+                    job = await jobs.transition(
                         self.udid, job, "step.finished", state="erase", step="erase", completed_step="erase",
                         step_data={"erase": {"confirmed": True, "proof": "pairing forgotten"}},
                     )
-                session = await stack.enter_async_context(station.open_session(self.udid, self.device_id))
+                session = await stack.enter_async_context(pipeline.sessions.open(self.udid, self.device_id))
                 facts = await session.facts()
-            await station.store.upsert_device(
-                self.udid,
-                serial=facts.serial,
-                ecid=facts.ecid,
-                facts=facts.as_dict(),
-                location_id=self.location_id,
-                port_label=self.port_label,
-            )
+            await jobs.identified(self.udid, facts.as_dict(), self.location_id, self.port_label)
             self.log = log.bind(udid=self.udid, serial=facts.serial, port=self.port_label)
-            ctx = StepContext(station, self.udid, session, facts, job, self.port_label)
-            for step in station.plan:
+            ctx = StepContext(pipeline, self.udid, session, facts, job, self.port_label)
+            for step in pipeline.plan:
                 if step in ctx.job.completed_steps:
                     continue
-                station.running_step[self.udid] = step
-                ctx.job = await station.transition(self.udid, ctx.job, "step.started", state=step, step=step)
+                self.running_step = step
+                ctx.job = await jobs.transition(self.udid, ctx.job, "step.started", state=step, step=step)
                 self.log.info("step.started", step=step)
-                with _timeout(step, station.step_timeout(step)):
+                with _timeout(step, pipeline.timing.step_timeout(step)):
                     outcome: Outcome = await STEP_FUNCTIONS[step](ctx)
                 if outcome.await_reattach:
-                    self.deadline = time.monotonic() + station.step_timeout(step)
-                    await station.transition(self.udid, ctx.job, "step.waiting", state="waiting", step=step)
+                    self.deadline = time.monotonic() + pipeline.timing.step_timeout(step)
+                    await jobs.transition(self.udid, ctx.job, "step.waiting", state=DeviceState.WAITING, step=step)
                     self.log.info("step.waiting", step=step)
                     return "waiting"
                 self.deadline = None
-                ctx.job = await station.transition(
+                ctx.job = await jobs.transition(
                     self.udid,
                     ctx.job,
                     "step.finished",
@@ -279,14 +280,10 @@ class DeviceWorker:
                     step=step,
                     completed_step=step,
                     step_data={step: outcome.data} if outcome.data else None,
+                    name=outcome.name,
                 )
                 self.log.info("step.finished", step=step)
-            device = await station.store.get_device(self.udid)
-            await station.transition(
-                self.udid, ctx.job, "device.done", state="done", step="report", job_status="done",
-                data={"name": device.name if device else None},
-            )
-            await station.report(self.udid)
+            await jobs.finish(self.udid, ctx.job)
             self.log.info("device.done")
             return "done"
 

@@ -1,0 +1,64 @@
+"""The one place a station is put together: store, station, plugins and HTTP API, from a configuration.
+
+`stationd run`, `stationd demo`, the tests' rig and the benchmarks all assemble their station here, so what they run
+is the same daemon. The plugins and the API are subscribers of the station's event stream, beside it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import anyio
+
+from stationd.api import serve as serve_api
+from stationd.config import Config
+from stationd.events import EventBus
+from stationd.identity import Identity
+from stationd.plugins import PluginHost
+from stationd.station import Station
+from stationd.store import open_store
+
+
+@dataclass(frozen=True)
+class Assembly:
+    station: Station
+    dashboard_url: str | None  # None when [api] listen turns the API off
+
+
+@contextlib.asynccontextmanager
+async def assemble(
+    config: Config,
+    identity: Identity | None,
+    *,
+    usbmux_address: str | None = None,
+    backoff: tuple[float, float] = (1.0, 30.0),
+    plugins: bool = True,
+    bus: EventBus | None = None,
+) -> AsyncIterator[Assembly]:
+    """Run a station with its plugins and API while the block runs; leaving the block parks every iPad and lets
+    the plugins drain the last events (`station.stopping`) before they shut down. Subscribe to `bus` before, to
+    see the station's first events."""
+    host = PluginHost(config.plugins, config.station.id, ports=config.ports) if plugins else None
+    async with open_store(config.station.database) as store:
+        station = Station(config, store, identity, usbmux_address=usbmux_address, backoff=backoff, bus=bus)
+        if host is not None:
+            await host.startup()
+        try:
+            async with anyio.create_task_group() as subscribers:
+                if host is not None:
+                    await subscribers.start(host.run, station.bus)
+                async with serve_api(station) as url:
+                    async with anyio.create_task_group() as running:
+                        await running.start(station.run)
+                        try:
+                            yield Assembly(station, url and url + "/")
+                        finally:
+                            running.cancel_scope.cancel()
+                if host is not None:
+                    host.close()
+        finally:
+            if host is not None:
+                with anyio.CancelScope(shield=True):
+                    await host.shutdown()
