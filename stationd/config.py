@@ -30,6 +30,7 @@ from stationd.profiles import (
     validate_profile,
     wifi_profile,
 )
+from stationd.redact import is_secret_key, redact_text
 
 LOG_FORMATS = ("auto", "json", "console")
 ENROLLMENT_MODES = ("url", "dep", "none")
@@ -241,7 +242,6 @@ _SECTIONS: dict[str, type] = {
     "api": ApiConfig,
     "plugins": PluginsConfig,
 }
-_SECRETS = {("wifi", "password"), ("api", "token")}
 
 
 @dataclass(frozen=True)
@@ -602,7 +602,7 @@ class _Reader:
         if bad.message:
             text = bad.message
         else:
-            got = f"a {_kind(value)}" if (section, key) in _SECRETS else _show(value)
+            got = f"a {_kind(value)}" if is_secret_key(key) else _show(value)
             text = f"expected {bad.expected}, got {got}"
         example = bad.example or _default_literal(section, key)
         return f"{text}; write for example: {key} = {example}" if example else text
@@ -709,7 +709,7 @@ def _show(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
-        shown = _toml_string(value)
+        shown = _toml_string(redact_text(value))
         return shown if len(shown) <= 60 else shown[:57] + '..."'
     if isinstance(value, (int, float)):
         return repr(value)

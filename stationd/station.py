@@ -24,6 +24,7 @@ from stationd.identity import Identity
 from stationd.pipeline.plan import plan
 from stationd.pipeline.worker import DeviceWorker
 from stationd.plugins import PluginHost
+from stationd.redact import redact
 from stationd.report import device_row
 from stationd.store import JobRecord, Store
 from stationd.usb.address import pymobiledevice3_address
@@ -255,7 +256,10 @@ class Station:
         return await self.store.get_job(job.id) or job
 
     async def transition(self, udid: str, job: JobRecord, kind: str, **fields: Any) -> JobRecord:
-        """Persist one transition (device, job, event in one transaction), then publish its event."""
+        """Persist one transition (device, job, event in one transaction), then publish its event.
+
+        Every text is redacted first: no credential inside a URL reaches the trail, the API, the plugins or exports."""
+        fields = {name: redact(value) for name, value in fields.items()}
         if fields.get("error_code"):
             fields["data"] = {
                 **(fields.get("data") or {}),
@@ -278,7 +282,7 @@ class Station:
         )
 
     async def event(self, kind: str, *, udid: str | None = None, data: dict[str, Any] | None = None) -> None:
-        await self.store.add_event(kind, station_id=self.station_id, udid=udid, data=data)
+        await self.store.add_event(kind, station_id=self.station_id, udid=udid, data=redact(data))
         await self.publish()
 
     async def publish(self) -> None:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from stationd import outbound
 from stationd.errors import (
     ConfigurationError,
     DepAssignedElsewhere,
@@ -18,6 +19,7 @@ from stationd.errors import (
     StationError,
 )
 from stationd.profiles import ProfileInvalid, payload_types, validate_profile
+from stationd.redact import redact_url
 
 if TYPE_CHECKING:
     from stationd.pipeline.worker import StepContext
@@ -124,19 +126,22 @@ async def profiles(ctx: StepContext) -> Outcome:
 
 async def fetch_enrollment_profile(http: httpx.AsyncClient, url: str) -> bytes:
     """GET the MDM's Apple Configurator enrollment URL and check it answered an enrollment profile."""
+    shown = redact_url(url)
     try:
-        response = await http.get(url, follow_redirects=True)
-    except httpx.HTTPError as e:
-        raise EnrollmentUnavailable(f"The enrollment URL {url} cannot be reached ({type(e).__name__}).") from e
+        response = await outbound.fetch(http, "GET", url, follow_redirects=True)
+    except outbound.Unreachable as e:
+        raise EnrollmentUnavailable(f"The enrollment URL {shown} cannot be reached ({e}).") from e
+    except outbound.OutboundError as e:
+        raise EnrollmentInvalid(f"The enrollment URL cannot be used: {e}. Check enrollment.url.") from e
     if response.status_code >= 500:
-        raise EnrollmentUnavailable(f"The enrollment URL {url} answered {response.status_code}; retrying.")
+        raise EnrollmentUnavailable(f"The enrollment URL {shown} answered {response.status_code}; retrying.")
     if response.status_code != 200:
         raise EnrollmentInvalid(
             f"The enrollment URL answered {response.status_code}: check enrollment.url against the MDM's "
             "\"Apple Configurator enrollment URL\"."
         )
     try:
-        profile = validate_profile(response.content, url)
+        profile = validate_profile(response.content, shown)
     except ProfileInvalid as e:
         kind = response.headers.get("content-type", "unknown type")
         raise EnrollmentInvalid(
@@ -165,7 +170,7 @@ async def enroll(ctx: StepContext) -> Outcome:
     data = await fetch_enrollment_profile(ctx.http, url)
     if await ctx.session.stored_profile() != data:
         await ctx.session.store_enrollment_profile(data)
-    return Outcome({"mode": "url", "url": url})
+    return Outcome({"mode": "url", "url": redact_url(url)})
 
 
 async def name(ctx: StepContext) -> Outcome:
