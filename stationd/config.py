@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import json
 import os
 import re
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from stationd.httpserve import is_loopback
 from stationd.identity import IdentityError, load_identity
 from stationd.profiles import (
     PASSWORD_SECURITY,
@@ -194,10 +196,14 @@ class PortsConfig:
 
 @dataclass(frozen=True)
 class ApiConfig:
-    """[api]: the HTTP API and dashboard. Loopback by default; mutating endpoints need the token."""
+    """[api]: the HTTP API and dashboard. Loopback by default; mutating endpoints need the token (and so does any
+    `listen` address other machines reach). `hosts`: extra Host names answered; `proxies`: addresses whose
+    X-Forwarded-For is believed."""
 
     listen: str | None = "127.0.0.1:8480"
     token: str | None = field(default=None, repr=False)
+    hosts: tuple[str, ...] = ()
+    proxies: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -312,6 +318,18 @@ def check_config(config: Config) -> list[str]:
     return problems
 
 
+def api_exposure_problem(listen: str, token: str | None) -> str | None:
+    """Why the API must not start on `listen` (an address other machines reach, and no token), or None."""
+    host = listen.rpartition(":")[0].strip("[]") or "127.0.0.1"
+    if token or is_loopback(host):
+        return None
+    return (
+        f"listen = {_toml_string(listen)} lets other machines on the network reach the station's API, so it needs "
+        'a token: add  token = "..."  under [api] (make one with: openssl rand -hex 24), or listen on '
+        '"127.0.0.1:8480" and reach it through SSH'
+    )
+
+
 def example_config(org: str = "Example School") -> str:
     """A commented configuration that `load_config` accepts, for `stationd init`."""
     return _EXAMPLE.replace("@ORG@", _toml_string(org))
@@ -424,9 +442,9 @@ def _path_list(base: Path) -> Converter:
 
 def _listen(value: Any) -> str | None:
     """'host:port' for the HTTP API, or "" to turn it off."""
-    text = _text(value).strip()
-    if not text:
+    if value == "":
         return None
+    text = _text(value).strip()
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise _Invalid("an address like 127.0.0.1:8480 (or 0.0.0.0:8480 for the LAN, or \"\" to turn it off)")
@@ -435,9 +453,35 @@ def _listen(value: Any) -> str | None:
 
 def _token(value: Any) -> str:
     text = _text(value)
+    if not all(33 <= ord(char) < 127 for char in text):
+        raise _Invalid("", message="the token must be ASCII letters, digits and punctuation, without spaces (a "
+                       "request header cannot carry anything else); make one with: openssl rand -hex 24")
     if len(text) < 16:
         raise _Invalid("", message="the token must be at least 16 characters; make one with: openssl rand -hex 24")
     return text
+
+
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
+
+
+def _host_names(value: Any) -> tuple[str, ...]:
+    names = _text_list(value)
+    for name in names:
+        if not _HOST_NAME.fullmatch(name):
+            raise _Invalid(message=f"{name!r} is not a host name (write names only, without port or scheme)",
+                           example='["station-1.school.example"]')
+    return names
+
+
+def _addresses(value: Any) -> tuple[str, ...]:
+    addresses = _text_list(value)
+    for address in addresses:
+        try:
+            ipaddress.ip_network(address, strict=False)
+        except ValueError:
+            raise _Invalid(message=f"{address!r} is not an IP address or network", example='["127.0.0.1"]') from None
+    return addresses
 
 
 def _url(value: Any) -> str:
@@ -499,7 +543,7 @@ def _schema(base: Path) -> dict[str, dict[str, Converter]]:
         "timeouts": {
             name: _integer(0) if name == "retries" else _seconds for name in (f.name for f in fields(TimeoutsConfig))
         },
-        "api": {"listen": _listen, "token": _token},
+        "api": {"listen": _listen, "token": _token, "hosts": _host_names, "proxies": _addresses},
         "plugins": {"enabled": _text_list, "timeout": _seconds},
     }
 
@@ -524,6 +568,7 @@ class _Reader:
         self._check_organization(values["organization"])
         self._check_wifi(values["wifi"])
         self._check_enrollment(values["enrollment"])
+        self._check_api(values["api"])
         if self.issues:
             self.issues.sort(key=lambda issue: issue.line or 0)
             raise ConfigError(self.path, self.issues)
@@ -649,6 +694,13 @@ class _Reader:
         if found.get("mode") == "url" and "url" not in found and ("enrollment", "url") not in self.invalid:
             self.error("enrollment", "url", 'is missing; mode = "url" needs the enrollment address your MDM gives, '
                        'for example: url = "https://mdm.example.org/enroll"')
+
+    def _check_api(self, found: dict[str, Any]) -> None:
+        listen = found.get("listen")
+        if listen and ("api", "token") not in self.invalid:
+            problem = api_exposure_problem(listen, found.get("token"))
+            if problem is not None:
+                self.error("api", "listen", problem)
 
 
 _NAME = r"""(?:"[^"]*"|'[^']*'|[A-Za-z0-9_\-]+)"""
@@ -845,11 +897,16 @@ retries = 3
 
 [api]
 # The HTTP API and the live dashboard (open http://127.0.0.1:8480/ in a browser).
-# Write listen = "0.0.0.0:8480" to let phones and laptops on the LAN see the dashboard, or "" to turn it off.
+# Write listen = "0.0.0.0:8480" to let phones and laptops on the LAN see the dashboard (it then needs the token
+# below), or "" to turn it off.
 listen = "127.0.0.1:8480"
 # Retrying, skipping a step or forgetting an iPad through the API needs this token (at least 16 characters;
 # make one with: openssl rand -hex 24). Without a token those actions are refused.
 # token = "..."
+# Host names the dashboard answers to, besides IP addresses, localhost and this computer's name:
+# hosts = ["cart-1.school.example"]
+# Only behind a reverse proxy: the proxy's address, so the log shows the real client from X-Forwarded-For.
+# proxies = ["127.0.0.1"]
 
 [plugins]
 # Built-in plugins to run: terminal (a live board in this terminal), leds (a light per port), webhook (Slack,

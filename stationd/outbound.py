@@ -9,10 +9,9 @@
 
 from __future__ import annotations
 
-import ipaddress
-
 import httpx
 
+from stationd.httpserve import is_loopback
 from stationd.redact import redact_url
 
 MAX_ANSWER = 1 << 20  # bytes; an enrollment profile is a few kB, an activation record tens of kB
@@ -73,16 +72,6 @@ def plain_http_warning(key: str, url: str) -> str | None:
         f"warning: {key} uses http:// to {parsed.host}: what it answers (and any credentials in the URL) crosses "
         "the network unencrypted and can be changed on the way; use the https:// address"
     )
-
-
-def is_loopback(host: str) -> bool:
-    host = host.strip("[]").lower().rstrip(".")
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _valid(url: str) -> bool:

@@ -75,7 +75,7 @@ class Station:
         """Run until cancelled; a cancelled station parks every device cleanly (their jobs resume later)."""
         self.pair_records.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.started_at = time.time()
-        self._published = await self.store.last_event_id()
+        self._published = self.bus.last_id = await self.store.last_event_id()
         for job in await self.store.mark_interrupted(self.station_id):
             log.info("job.interrupted_by_restart", udid=job.udid, job=job.id)
         await self.event("station.started", data={"plan": self.plan, "concurrency": self.config.station.concurrency})
