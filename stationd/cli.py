@@ -27,6 +27,7 @@ from stationd.daemon import cancel_on_signal, demo, run_station
 from stationd.doctor import run_checks
 from stationd.errors import StationError
 from stationd.events import Event
+from stationd.files import write_private_file
 from stationd.identity import (
     Identity,
     IdentityError,
@@ -34,7 +35,6 @@ from stationd.identity import (
     create_identity,
     import_identity,
     load_identity,
-    write_private_file,
 )
 from stationd.plugins import PluginError
 from stationd.ports import learn_from_usbmuxd, write_ports
@@ -332,8 +332,11 @@ def export_command(
     if output is None:
         typer.echo(text, nl=False)
     else:
-        output.write_text(text)
-        typer.echo(f"wrote {output}")
+        try:
+            write_private_file(output, text.encode(), force=True)
+        except OSError as error:
+            _error_exit(f"cannot write {output}: {error.strerror}")
+        typer.echo(f"wrote {output} (readable by you only: it lists every serial, UDID and ECID)")
 
 
 @app.command("ports")

@@ -20,6 +20,7 @@ from stationd.api import serve as serve_api
 from stationd.config import Config
 from stationd.device import DeviceSession
 from stationd.events import Event, EventBus
+from stationd.files import private_folder, tighten
 from stationd.identity import Identity
 from stationd.pipeline.plan import plan
 from stationd.pipeline.worker import DeviceWorker
@@ -73,7 +74,9 @@ class Station:
     # -- running --------------------------------------------------------------------------------------------------
     async def run(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled; a cancelled station parks every device cleanly (their jobs resume later)."""
-        self.pair_records.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_folder(self.pair_records)
+        for record in self.pair_records.iterdir():
+            tighten(record)
         self.started_at = time.time()
         self._published = self.bus.last_id = await self.store.last_event_id()
         for job in await self.store.mark_interrupted(self.station_id):

@@ -10,7 +10,6 @@ not sent to the device, unlike pymobiledevice3's pair record).
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -21,6 +20,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from pymobiledevice3.ca import build_device_certificate, build_host_certificate, build_root_certificate
 from pymobiledevice3.lockdown import LockdownClient
+from pymobiledevice3.safe_paths import device_file_path
+
+from stationd.files import private_file, private_folder, write_private_file
 
 HOST_KEYS = "host-keys.pem"
 PAIR_ERRORS: dict[str, type[Exception]] = {
@@ -75,12 +77,9 @@ def host_keys(folder: Path) -> HostKeys:
     host_certificate = build_host_certificate(host_key, root_certificate, root_key, hashes.SHA256())
     keys = HostKeys(root_certificate, root_key, host_certificate.public_bytes(serialization.Encoding.PEM),
                     _pem_key(host_key))
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    temporary = path.with_name(HOST_KEYS + ".new")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "wb") as out:
-        out.write(keys.root_certificate_pem + keys.host_certificate_pem + _pem_key(root_key) + keys.host_key_pem)
-    temporary.replace(path)
+    private_folder(folder)
+    pem = keys.root_certificate_pem + keys.host_certificate_pem + _pem_key(root_key) + keys.host_key_pem
+    write_private_file(path, pem, force=True)
     return keys
 
 
@@ -112,6 +111,9 @@ async def pair(lockdown: LockdownClient, keys: HostKeys, supervisor: Supervisor 
     if reply.get("EscrowBag") is not None:
         record["EscrowBag"] = reply["EscrowBag"]
     lockdown.pair_record = record
+    if lockdown.pairing_records_cache_folder is not None and lockdown.identifier is not None:
+        # pymobiledevice3 writes the record in place: created 0600 here first, it is never readable by others.
+        private_file(device_file_path(Path(lockdown.pairing_records_cache_folder), lockdown.identifier, ".plist"))
     await lockdown.save_pair_record()
     lockdown.paired = True
 

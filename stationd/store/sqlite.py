@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -13,6 +12,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
+from stationd.files import private_file, private_folder, tighten
 from stationd.store.base import Store, StoreError, deep_merge
 from stationd.store.records import (
     FINISHED_STATUSES,
@@ -29,6 +29,7 @@ T = TypeVar("T")
 Body = Callable[[aiosqlite.Connection], Awaitable[T]]
 
 BUSY_TIMEOUT_MS = 5000
+SIDE_FILES = ("-wal", "-shm", "-journal")
 
 # MIGRATIONS[n] holds the statements that bring the schema from version n to n + 1.
 MIGRATIONS: list[tuple[str, ...]] = [
@@ -106,7 +107,7 @@ class SQLiteStore(Store):
         if self._db is not None:
             return
         try:
-            _create_private_file(self.path)
+            _private_database(self.path)
             db = await aiosqlite.connect(self.path, isolation_level=None)
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open store {self.path}: {exc}") from exc
@@ -123,6 +124,7 @@ class SQLiteStore(Store):
                 await db.execute(f"PRAGMA {pragma}")
             while await self._atomic(self._migrate_one_step):
                 pass
+            _private_database(self.path)
         except BaseException as exc:
             self._db = None
             await db.close()
@@ -504,10 +506,12 @@ class SQLiteStore(Store):
         return _event_record(row)
 
 
-def _create_private_file(path: Path) -> None:
-    """Create the database file (mode 0600) and its directory if missing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+def _private_database(path: Path) -> None:
+    """The database, its WAL and shared-memory files readable by the station's user only, in a 0700 folder."""
+    private_folder(path.parent)
+    private_file(path)
+    for suffix in SIDE_FILES:
+        tighten(path.with_name(path.name + suffix))
 
 
 def _dumps(value: Any) -> str:
