@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from stationd import limits
 from stationd.httpserve import is_loopback
 from stationd.identity import IdentityError, load_identity
 from stationd.profiles import (
@@ -32,7 +33,8 @@ from stationd.profiles import (
     validate_profile,
     wifi_profile,
 )
-from stationd.redact import is_secret_key, redact_text
+from stationd.outbound import plain_http_warning
+from stationd.redact import is_secret_key, redact, redact_text, redact_url
 
 LOG_FORMATS = ("auto", "json", "console")
 ENROLLMENT_MODES = ("url", "dep", "none")
@@ -286,13 +288,21 @@ def load_config(path: Path | str) -> Config:
         raise ConfigError(path, [ConfigIssue(None, "", missing)]) from None
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(path, [ConfigIssue(None, "", f"cannot read the file: {error}")]) from None
+    deep = limits.deepest_line(text)
+    if deep is not None:
+        raise ConfigError(path, [ConfigIssue(deep, "", _TOO_DEEP)])
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         found = re.search(r"at line (\d+)", str(error))
         line = int(found.group(1)) if found else None
         raise ConfigError(path, [ConfigIssue(line, "", f"this is not valid TOML: {error}")]) from None
+    except RecursionError:
+        raise ConfigError(path, [ConfigIssue(None, "", _TOO_DEEP)]) from None
     return _Reader(path, text, data).config()
+
+
+_TOO_DEEP = f"lists or tables nest more than {limits.MAX_DEPTH} levels deep; no setting needs that, check the brackets"
 
 
 def check_config(config: Config) -> list[str]:
@@ -306,8 +316,14 @@ def check_config(config: Config) -> list[str]:
         problems.extend(_profile_problems("wifi.profile", config.wifi.profile, need=WIFI_PAYLOAD_TYPE))
     for profile in config.profiles.extra:
         problems.extend(_profile_problems("profiles.extra", profile))
-    if config.wifi is not None and config.wifi.password and config.source is not None:
-        problems.extend(_exposed_password(config.source))
+    if config.source is not None:
+        problems.extend(_exposed_secrets(config.source, _secrets_held(config)))
+    for key, url in (("enrollment.url", config.enrollment.url if config.enrollment.mode == "url" else None),
+                     ("activation.url", config.activation.url if config.steps.activate else None)):
+        warning = plain_http_warning(key, url) if url else None
+        if warning is not None:
+            problems.append(warning)
+    problems.extend(_plugin_problems(config))
     if config.enrollment.mode != "url" and config.enrollment.url:
         problems.append(f'warning: enrollment.url is ignored because enrollment.mode is "{config.enrollment.mode}"')
     for pane in config.steps.skip_setup:
@@ -349,17 +365,54 @@ def _profile_problems(key: str, path: Path, need: str | None = None) -> list[str
     return []
 
 
-def _exposed_password(source: Path) -> list[str]:
+def _secrets_held(config: Config) -> list[str]:
+    """What in the configuration is secret, in words."""
+    held = []
+    if config.wifi is not None and config.wifi.password:
+        held.append("the Wi-Fi password")
+    if config.api.token:
+        held.append("the API token")
+    if config.enrollment.url and redact_url(config.enrollment.url) != config.enrollment.url:
+        held.append("credentials in enrollment.url")
+    for name, settings in config.plugins.settings.items():
+        if redact(settings) != settings or _has_secret_key(settings) or "://" in repr(settings):
+            held.append(f"the settings of the {name} plugin")
+    return held
+
+
+def _has_secret_key(value: Any) -> bool:
+    if isinstance(value, dict):
+        return any(is_secret_key(str(key)) or _has_secret_key(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_has_secret_key(item) for item in value)
+    return False
+
+
+def _exposed_secrets(source: Path, held: list[str]) -> list[str]:
     try:
         mode = source.stat().st_mode & 0o777
     except OSError:
         return []
-    if os.name == "posix" and mode & 0o077:
-        return [
-            f"warning: {source} holds the Wi-Fi password and other users can read it (mode {mode:04o}); "
-            f"run `chmod 600 {source}`"
-        ]
-    return []
+    if os.name != "posix" or not mode & 0o077 or not held:
+        return []
+    who = "other users" if mode & 0o007 else "its group"
+    return [
+        f"warning: {source} holds {', '.join(held)} and {who} can read it (mode {mode:04o}); run `chmod 600 "
+        f"{source}` (and `chown` it to the user the station runs as, if that is another user)"
+    ]
+
+
+def _plugin_problems(config: Config) -> list[str]:
+    """Load the enabled plugins with their settings, as `stationd run` does, without running them."""
+    from stationd.plugins import PluginError, PluginHost, unused_settings
+
+    unused = unused_settings(config.plugins)
+    problems = [f'warning: [plugins.{name}] is ignored: add "{name}" to plugins.enabled' for name in unused]
+    try:
+        PluginHost(config.plugins, config.station.id, ports=config.ports)
+    except PluginError as error:
+        problems.append(f"error: {error}")
+    return problems
 
 
 class _Invalid(Exception):
@@ -509,8 +562,11 @@ def _pattern(value: Any) -> str:
         raise _Invalid("a name pattern in double quotes", example='"{org}-{serial}"')
     try:
         names = [name for _, name, _, _ in string.Formatter().parse(value) if name is not None]
+        too_wide = limits.placeholder_width_problem(value)
     except ValueError as error:
         raise _Invalid(message=f"cannot read the pattern ({error}); write placeholders like {{serial}}") from None
+    if too_wide is not None:
+        raise _Invalid(message=too_wide, example='"{org}-{n:03d}"')
     known = ", ".join(f"{{{name}}}" for name in NAMING_PLACEHOLDERS)
     for name in names:
         if name not in NAMING_PLACEHOLDERS:
@@ -560,6 +616,7 @@ class _Reader:
 
     def config(self) -> Config:
         schema = _schema(self.path.parent)
+        self._limits()
         self._unknown_sections(schema)
         plugin_settings = self._plugin_tables()
         values = {name: self._section(name, converters) for name, converters in schema.items()}
@@ -576,6 +633,26 @@ class _Reader:
         sections = {name: _SECTIONS[name](**found) for name, found in values.items() if name != "wifi"}
         wifi = WifiConfig(**values["wifi"]) if "wifi" in self.data else None
         return Config(**sections, wifi=wifi, source=self.path)
+
+    def _limits(self) -> None:
+        """Drop every value beyond the bounds in `stationd.limits`, reporting it with its key and line."""
+        for name, table in list(self.data.items()):
+            if not isinstance(table, dict):
+                problem = limits.oversized(table, 1)
+                if problem is not None:
+                    self.issues.append(ConfigIssue(self.lines.get((name,)), name, problem))
+                    del self.data[name]
+                continue
+            if len(table) > limits.MAX_ITEMS:
+                self.error(name, None, f"holds more than {limits.MAX_ITEMS:,} settings ({len(table):,})")
+                self.data[name] = {}
+                continue
+            for key, value in list(table.items()):
+                problem = limits.oversized(value, 2)
+                if problem is not None:
+                    self.invalid.add((name, key))
+                    self.error(name, key, problem)
+                    del table[key]
 
     def error(self, section: str, key: str | None, message: str) -> None:
         line = self.lines.get((section, key)) if key else None
