@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 import signal
 import socket
 import tempfile
@@ -57,8 +58,20 @@ async def serve(station: Station, plugins: PluginHost) -> None:
             await plugins.shutdown()
 
 
+def more_file_descriptors(wanted: int = 65536) -> int:
+    """Raise this process's soft RLIMIT_NOFILE towards its hard limit (a shell's default, 1024, is small for a cart of
+    iPads); return the soft limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    return soft
+
+
 async def run_station(config: Config) -> None:
     """The daemon: run until SIGTERM or SIGINT, then park every device and exit."""
+    more_file_descriptors()
     identity = load_identity(config.organization.identity)
     plugins = PluginHost(config.plugins, config.station.id, ports=config.ports)
     async with open_store(config.station.database) as store:
