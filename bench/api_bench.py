@@ -83,7 +83,7 @@ def daemon(workdir: Path, info: dict[str, str], n: int) -> None:
 
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 async def measure(url: str, readers: int, seconds: float) -> dict[str, Any]:
@@ -98,14 +98,16 @@ async def measure(url: str, readers: int, seconds: float) -> dict[str, Any]:
 
     async def read_stream() -> None:
         nonlocal ready
-        async with httpx.AsyncClient(base_url=url, timeout=None) as client:
-            async with client.stream("GET", "/api/stream") as response:
-                ready += 1
-                if ready == readers:
-                    connected.set()
-                async for line in response.aiter_lines():
-                    if line.startswith("data: "):
-                        delays.append(time.time() - json.loads(line[6:])["ts"])
+        async with (
+            httpx.AsyncClient(base_url=url, timeout=None) as client,
+            client.stream("GET", "/api/stream") as response,
+        ):
+            ready += 1
+            if ready == readers:
+                connected.set()
+            async for line in response.aiter_lines():
+                if line.startswith("data: "):
+                    delays.append(time.time() - json.loads(line[6:])["ts"])
 
     async def busy(client: httpx.AsyncClient) -> int:
         devices = (await client.get("/api/devices")).json()["devices"]
@@ -119,10 +121,10 @@ async def measure(url: str, readers: int, seconds: float) -> dict[str, Any]:
             in_progress.append(await busy(client))
             end = time.perf_counter() + seconds
             while time.perf_counter() < end:
-                for path in latencies:
+                for path, values in latencies.items():
                     started = time.perf_counter()
                     response = await client.get(path)
-                    latencies[path].append(time.perf_counter() - started)
+                    values.append(time.perf_counter() - started)
                     response.raise_for_status()
             in_progress.append(await busy(client))
         tasks.cancel_scope.cancel()

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 from stationd import limits
 from stationd.httpserve import is_loopback
 from stationd.identity import IdentityError, load_identity
+from stationd.outbound import plain_http_warning
 from stationd.profiles import (
     PASSWORD_SECURITY,
     WIFI_PAYLOAD_TYPE,
@@ -33,7 +34,6 @@ from stationd.profiles import (
     validate_profile,
     wifi_profile,
 )
-from stationd.outbound import plain_http_warning
 from stationd.redact import is_secret_key, redact, redact_text, redact_url
 
 LOG_FORMATS = ("auto", "json", "console")

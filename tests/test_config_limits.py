@@ -32,8 +32,9 @@ def problems(path: Path) -> list[str]:
 @pytest.mark.parametrize("depth", [5000, 300])
 def test_deep_nesting_is_refused_with_its_line_not_a_recursion_error(tmp_path: Path, depth: int) -> None:
     path = write(tmp_path, f'[organization]\nname = "X"\n\n[steps]\nskip_setup = {"[" * depth}{"]" * depth}\n')
-    assert problems(path) == ["line 5: lists or tables nest more than 8 levels deep; no setting needs that, "
-                              "check the brackets"]
+    assert problems(path) == [
+        ("line 5: lists or tables nest more than 8 levels deep; no setting needs that, check the brackets")
+    ]
 
 
 def test_nesting_that_settings_need_and_brackets_inside_strings_are_fine(tmp_path: Path) -> None:
@@ -44,8 +45,9 @@ def test_nesting_that_settings_need_and_brackets_inside_strings_are_fine(tmp_pat
 
 def test_long_texts_long_lists_and_deep_values_are_refused_with_key_and_line(tmp_path: Path) -> None:
     items = ", ".join(f'"P{i}"' for i in range(1001))
+    deep = "{ a = " * 7 + '"x"' + " }" * 7
     path = write(tmp_path, f'[organization]\nname = "{"x" * 3000}"\n[steps]\nskip_setup = [{items}]\n'
-                 f'[plugins.webhook]\nheaders = {{ a = {{ b = {{ c = {{ d = {{ e = {{ f = {{ g = "x" }} }} }} }} }} }} }}\n')
+                 f"[plugins.webhook]\nheaders = {deep}\n")
     found = problems(path)
     assert found[0] == "line 2, organization.name: is longer than 2,048 characters (3,000)"
     assert found[1] == "line 4, steps.skip_setup: holds more than 1,000 items (1,001)"
@@ -56,8 +58,10 @@ def test_long_texts_long_lists_and_deep_values_are_refused_with_key_and_line(tmp
 def test_a_huge_placeholder_width_is_refused_before_anything_is_filled(tmp_path: Path) -> None:
     path = write(tmp_path, '[organization]\nname = "X"\n[naming]\npattern = "{org}-{n:99999999}"\n')
     assert problems(path) == [
-        "line 4, naming.pattern: {n:99999999} is 99,999,999 characters wide; a placeholder is at most 64 wide; "
-        'write for example: pattern = "{org}-{n:03d}"'
+        (
+            "line 4, naming.pattern: {n:99999999} is 99,999,999 characters wide; a placeholder is at most 64 wide; "
+            'write for example: pattern = "{org}-{n:03d}"'
+        )
     ]
     assert load_config(write(tmp_path, '[organization]\nname = "X"\n[naming]\npattern = "{org}-{n:05d}"\n'))
 

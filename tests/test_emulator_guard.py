@@ -31,17 +31,19 @@ def test_the_command_refuses_addresses_beyond_loopback(tmp_path: Path, option: s
 @pytest.mark.anyio
 async def test_the_control_api_takes_only_json_posts(tmp_path: Path) -> None:
     spec = generated_spec(0)
-    async with Emulator([spec], socket_path=tmp_path / "usbmuxd", control_address="127.0.0.1:0") as emulator:
-        async with httpx.AsyncClient(base_url=emulator.control_url or "", timeout=10) as http:
-            unplug = f"/devices/{spec.udid}/unplug"
-            refused = [
-                await http.post(unplug),
-                await http.post(unplug, content=b"{}", headers={"Content-Type": "text/plain"}),
-                await http.post(unplug, data={"a": "b"}),
-                await http.post("/devices", content=b"{}", headers={"Content-Type": "text/plain;charset=UTF-8"}),
-            ]
-            still_attached = emulator.devices[spec.udid].attached
-            accepted = await http.post(unplug, json={})
+    async with (
+        Emulator([spec], socket_path=tmp_path / "usbmuxd", control_address="127.0.0.1:0") as emulator,
+        httpx.AsyncClient(base_url=emulator.control_url or "", timeout=10) as http,
+    ):
+        unplug = f"/devices/{spec.udid}/unplug"
+        refused = [
+            await http.post(unplug),
+            await http.post(unplug, content=b"{}", headers={"Content-Type": "text/plain"}),
+            await http.post(unplug, data={"a": "b"}),
+            await http.post("/devices", content=b"{}", headers={"Content-Type": "text/plain;charset=UTF-8"}),
+        ]
+        still_attached = emulator.devices[spec.udid].attached
+        accepted = await http.post(unplug, json={})
     assert [response.status_code for response in refused] == [415] * 4
     assert all("Content-Type: application/json" in response.json()["error"] for response in refused)
     assert still_attached and len(emulator.devices) == 1

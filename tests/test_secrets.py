@@ -189,7 +189,8 @@ async def planted(tmp: Path, log_format: str, webhook_format: str, look: Look = 
             api=ApiConfig(listen=None, token=API_TOKEN),
             plugins=PluginsConfig(enabled=("webhook",), settings={"webhook": webhook}),
         )
-        succeeding = dataclasses.replace(failing, enrollment=EnrollmentConfig(mode="url", url=with_secrets(rig.mdm_url)))
+        working = EnrollmentConfig(mode="url", url=with_secrets(rig.mdm_url))
+        succeeding = dataclasses.replace(failing, enrollment=working)
         rig.emulator.unplug(spec.udid)
         for run, config, final in (("failing", failing, "step.failed"), ("succeeding", succeeding, "device.done")):
             async with station_with_plugins(rig, config) as station, served(create_app(station, heartbeat=0.2)) as url:
