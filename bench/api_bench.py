@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from station_config import ORG, bench_config
+
 EMULATOR = """
 import json, sys
 from stationd.daemon import demo_specs
@@ -31,7 +33,7 @@ from stationd.emulator.mdm_server import mdm_app
 from stationd.emulator.thread import EmulatorThread
 from stationd.httpserve import HTTPServer
 with EmulatorThread(demo_specs({n}), socket_path={socket!r}, speed={speed}) as emulator:
-    mdm = HTTPServer(mdm_app("Bench School"))
+    mdm = HTTPServer(mdm_app({org!r}))
     url = emulator.call(mdm.start)
     print(json.dumps({{"usbmux": emulator.usbmux_address, "activation": emulator.activation_url, "mdm": url}}),
           flush=True)
@@ -47,29 +49,14 @@ def daemon(workdir: Path, info: dict[str, str], n: int) -> None:
     import anyio
 
     from stationd import logs
-    from stationd.config import (
-        ActivationConfig,
-        ApiConfig,
-        Config,
-        EnrollmentConfig,
-        OrganizationConfig,
-        StationConfig,
-        WifiConfig,
-    )
     from stationd.identity import create_identity
     from stationd.station import Station, running
     from stationd.store import open_store
 
     logs.configure("json", level=logging.WARNING)  # to stderr: stdout carries the URL
-    identity = create_identity(workdir / "identity.pem", "Bench School", force=True)
-    config = Config(
-        organization=OrganizationConfig(name="Bench School", identity=identity.path),
-        station=StationConfig(id="bench", database=workdir / "stationd.db", concurrency=max(n, 1)),
-        wifi=WifiConfig(ssid="BenchNet", password="bench-password"),
-        enrollment=EnrollmentConfig(mode="url", url=f"{info['mdm']}/enroll"),
-        activation=ActivationConfig(url=info["activation"]),
-        api=ApiConfig(listen="127.0.0.1:0"),
-    )
+    identity = create_identity(workdir / "identity.pem", ORG, force=True)
+    config = bench_config(workdir, identity, devices=n, activation_url=info["activation"], mdm_url=info["mdm"],
+                          listen="127.0.0.1:0")
 
     async def main() -> None:
         async with open_store(config.station.database) as store:
@@ -148,7 +135,7 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="stationd-api-bench-"))
     env = dict(os.environ, HOME=str(workdir))
     emulator = subprocess.Popen(  # its stderr is dropped: Python 3.11 prints a traceback per cancelled connection
-        [sys.executable, "-c", EMULATOR.format(n=args.devices, socket=str(workdir / "usbmuxd"), speed=args.speed)],
+        [sys.executable, "-c", EMULATOR.format(n=args.devices, socket=str(workdir / "usbmuxd"), speed=args.speed, org=ORG)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
     )
     info = emulator.stdout.readline()  # type: ignore[union-attr]

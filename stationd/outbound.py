@@ -46,7 +46,7 @@ async def fetch(
     follow_redirects: bool = False,
 ) -> httpx.Response:
     """Send one request and read its answer (at most `limit` bytes); follow same-host https redirects if asked."""
-    target = httpx.URL(url) if _valid(url) else None
+    target = _web_address(url)
     if target is None:
         raise BadAddress(f"{redact_url(url)} is not a valid web address")
     for _ in range(MAX_REDIRECTS + 1):
@@ -62,11 +62,8 @@ async def fetch(
 def plain_http_warning(key: str, url: str) -> str | None:
     """A warning for an http:// URL that leaves this machine (its answers and credentials cross the network
     unencrypted and unauthenticated); None for https:// and for loopback."""
-    try:
-        parsed = httpx.URL(url)
-    except httpx.InvalidURL:
-        return None
-    if parsed.scheme != "http" or is_loopback(parsed.host):
+    parsed = _web_address(url)
+    if parsed is None or parsed.scheme != "http" or is_loopback(parsed.host):
         return None
     return (
         f"warning: {key} uses http:// to {parsed.host}: what it answers (and any credentials in the URL) crosses "
@@ -74,12 +71,13 @@ def plain_http_warning(key: str, url: str) -> str | None:
     )
 
 
-def _valid(url: str) -> bool:
+def _web_address(url: str) -> httpx.URL | None:
+    """`url` parsed, if it is an http:// or https:// address with a host."""
     try:
         parsed = httpx.URL(url)
     except httpx.InvalidURL:
-        return False
-    return parsed.scheme in ("http", "https") and bool(parsed.host)
+        return None
+    return parsed if parsed.scheme in ("http", "https") and parsed.host else None
 
 
 async def _send(

@@ -6,19 +6,17 @@ refused connections, no tracebacks), and the API answers again once the flood is
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
 import pytest
-from anyio.abc import Process, SocketStream
-from anyio.streams.text import TextReceiveStream
+from anyio.abc import SocketStream
+from daemon_logs import log_lines
 
 from stationd.emulator import Emulator, generated_spec
 from stationd.emulator.mdm_server import mdm_app
@@ -49,20 +47,6 @@ def write_config(tmp: Path, emulator: Emulator, mdm_url: str) -> Path:
     )
     config.chmod(0o600)
     return config
-
-
-async def log_lines(process: Process, kept: list[str]) -> AsyncIterator[dict[str, Any]]:
-    assert process.stderr is not None
-    buffer = ""
-    async for chunk in TextReceiveStream(process.stderr):
-        buffer += chunk
-        while "\n" in buffer:
-            line, buffer = buffer.split("\n", 1)
-            kept.append(line)
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError:
-                yield {"event": "unparsed", "line": line}
 
 
 @pytest.mark.anyio
