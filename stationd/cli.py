@@ -226,10 +226,21 @@ def run_command(
     Each iPad goes through erase, activation, supervision, Wi-Fi, extra profiles, MDM enrollment, naming and
     reporting, as the configuration says. Progress is saved at every step: unplug an iPad, or stop the station,
     and it resumes where it stopped; no iPad is ever erased twice. Ctrl-C or SIGTERM parks every iPad cleanly.
+    Every check of `stationd check-config` runs first: the station refuses to start on an error, before it
+    touches any iPad.
 
     Example: stationd run --config /etc/stationd/stationd.toml
     """
     loaded = _load_or_exit(config)
+    problems = check_config(loaded)
+    errors = [problem for problem in problems if problem.startswith("error:")]
+    for problem in problems:
+        typer.echo(problem, err=True)
+    if errors:
+        _error_exit(
+            f"the station did not start: fix the {len(errors)} error{'s' if len(errors) > 1 else ''} above "
+            "(`stationd check-config` lists them again)"
+        )
     logs.configure(loaded.station.log_format)
     try:
         anyio.run(run_station, loaded)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import json
+import math
 import os
 import re
 import socket
@@ -35,6 +36,7 @@ from stationd.profiles import (
     wifi_profile,
 )
 from stationd.redact import is_secret_key, redact, redact_text, redact_url
+from stationd.usbmux import address as usbmux_address
 
 LOG_FORMATS = ("auto", "json", "console")
 ENROLLMENT_MODES = ("url", "dep", "none")
@@ -133,6 +135,7 @@ class EnrollmentConfig:
 
     mode: str = "none"
     url: str | None = None
+    dep_url: str | None = None  # DEP mode: the MDM's enrollment URL in its DEP profile, to recognise our configuration
 
 
 @dataclass(frozen=True)
@@ -326,6 +329,8 @@ def check_config(config: Config) -> list[str]:
     problems.extend(_plugin_problems(config))
     if config.enrollment.mode != "url" and config.enrollment.url:
         problems.append(f'warning: enrollment.url is ignored because enrollment.mode is "{config.enrollment.mode}"')
+    if config.enrollment.mode != "dep" and config.enrollment.dep_url:
+        problems.append(f'warning: enrollment.dep_url is ignored because enrollment.mode is "{config.enrollment.mode}"')
     for pane in config.steps.skip_setup:
         if pane not in KNOWN_SETUP_PANES:
             problems.append(
@@ -440,19 +445,35 @@ def _text(value: Any) -> str:
     return value
 
 
-def _integer(minimum: int) -> Converter:
+def _integer(minimum: int, maximum: int) -> Converter:
     def convert(value: Any) -> int:
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise _Invalid(f"a whole number of at least {minimum} (without quotes)")
+        if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= maximum:
+            raise _Invalid(f"a whole number from {minimum} to {maximum} (without quotes)")
         return value
 
     return convert
 
 
-def _seconds(value: Any) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-        raise _Invalid("a number of seconds greater than 0 (without quotes)")
-    return value
+def _seconds(minimum: float, maximum: float) -> Converter:
+    """A finite number of seconds in [minimum, maximum] (NaN and inf are refused: they defeat every deadline)."""
+
+    def convert(value: Any) -> float:
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or not math.isfinite(value) or value <= 0 or not minimum <= value <= maximum:
+            low = f"at least {minimum:g}" if minimum > 0 else "greater than 0"
+            raise _Invalid(f"a number of seconds, {low} and at most {maximum:g} (without quotes)")
+        return float(value)
+
+    return convert
+
+
+# An iPad that acknowledged EraseDevice takes an unknown while to go down (the emulator plays 0 to 10 s). The request
+# is sent again only after erase_start, so erase_start must stay well above that window: three times its top.
+ERASE_START_FLOOR = 30.0
+MAX_STEP_SECONDS = 24 * 3600.0
+MAX_RETRIES = 20
+MAX_CONCURRENCY = 256
+MAX_PLUGIN_SECONDS = 300.0
 
 
 def _choice(options: tuple[str, ...]) -> Converter:
@@ -545,16 +566,17 @@ def _url(value: Any) -> str:
 
 
 def _usbmuxd(value: Any) -> str:
-    if isinstance(value, str):
-        path = value[len("UNIX:"):] if value.startswith("UNIX:") else value
-        if path.startswith("/"):
-            return value
-        host, _, port = value.rpartition(":")
-        if host and port.isdigit() and 0 < int(port) < 65536:
-            return value
-    raise _Invalid(
-        "a socket path (/var/run/usbmuxd or UNIX:/var/run/usbmuxd) or HOST:PORT", example='"127.0.0.1:27015"'
-    )
+    example = '"127.0.0.1:27015"'
+    try:
+        address = usbmux_address.parse(value) if isinstance(value, str) and value.strip() else None
+    except usbmux_address.AddressError:
+        address = None
+    if address is None:
+        raise _Invalid("a socket path (/var/run/usbmuxd or UNIX:/var/run/usbmuxd) or HOST:PORT", example=example)
+    if not address.is_unix and ":" in (address.host or ""):
+        raise _Invalid(message="pymobiledevice3 reaches usbmuxd over IPv4 only: give an IPv4 address or a socket path",
+                       example=example)
+    return value
 
 
 def _pattern(value: Any) -> str:
@@ -578,10 +600,18 @@ def _pattern(value: Any) -> str:
     return value
 
 
+def _timeout_converter(name: str) -> Converter:
+    if name == "retries":
+        return _integer(0, MAX_RETRIES)
+    if name == "erase_start":
+        return _seconds(ERASE_START_FLOOR, MAX_STEP_SECONDS)
+    return _seconds(0, MAX_STEP_SECONDS)
+
+
 def _schema(base: Path) -> dict[str, dict[str, Converter]]:
     return {
         "station": {
-            "id": _text, "database": _path(base), "concurrency": _integer(1), "usbmuxd": _usbmuxd,
+            "id": _text, "database": _path(base), "concurrency": _integer(1, MAX_CONCURRENCY), "usbmuxd": _usbmuxd,
             "log_format": _choice(LOG_FORMATS), "pair_records": _path(base),
         },
         "organization": {"name": _text, "identity": _path(base)},
@@ -592,15 +622,15 @@ def _schema(base: Path) -> dict[str, dict[str, Converter]]:
             "ssid": _text, "security": _choice(WIFI_SECURITY), "password": _text, "auto_join": _boolean,
             "hidden": _boolean, "profile": _path(base),
         },
-        "enrollment": {"mode": _choice(ENROLLMENT_MODES), "url": _url},
+        "enrollment": {"mode": _choice(ENROLLMENT_MODES), "url": _url, "dep_url": _url},
         "profiles": {"extra": _path_list(base)},
         "naming": {"pattern": _pattern},
         "activation": {"url": _url},
         "timeouts": {
-            name: _integer(0) if name == "retries" else _seconds for name in (f.name for f in fields(TimeoutsConfig))
+            name: _timeout_converter(name) for name in (f.name for f in fields(TimeoutsConfig))
         },
         "api": {"listen": _listen, "token": _token, "hosts": _host_names, "proxies": _addresses},
-        "plugins": {"enabled": _text_list, "timeout": _seconds},
+        "plugins": {"enabled": _text_list, "timeout": _seconds(0, MAX_PLUGIN_SECONDS)},
     }
 
 
@@ -937,6 +967,9 @@ region = "US"
 #   "dep"   Automated Device Enrollment through Apple School/Business Manager (needs Wi-Fi).
 mode = "none"
 # url = "https://mdm.example.org/configurator/enroll"
+# In "dep" mode the station accepts the configuration Apple hands the iPad when it names your organisation (as
+# above) or, if your MDM's DEP profile uses another name, when it points at this enrollment URL:
+# dep_url = "https://mdm.example.org/dep/enroll"
 
 [profiles]
 # Extra configuration profiles (.mobileconfig files) installed on every iPad, in this order.
@@ -956,8 +989,8 @@ url = "https://albert.apple.com/deviceservices"
 # Longest time in seconds each step may take before it counts as failed.
 identify = 60
 erase = 900
-# An iPad that accepted the erase request but has not started erasing (unplugged from USB to reboot) after
-# this many seconds never got it: the request is sent again.
+# An iPad that accepted the erase request but has not erased after this many seconds never got it: the
+# request is sent again. At least 30 (an iPad takes a few seconds to go down after accepting it).
 erase_start = 60
 activate = 300
 supervise = 120

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import plistlib
-import struct
 from pathlib import Path
 
 import anyio
@@ -12,32 +10,24 @@ import anyio
 from stationd.config import Config, ConfigError, check_config, load_config
 from stationd.identity import IdentityError, load_identity
 from stationd.store import StoreError, open_store
-from stationd.usb.address import resolve_usbmux_address
+from stationd.usbmux import UsbmuxConnection, UsbmuxError, packet, resolve
 
 Check = tuple[bool, str, str]
 
 
 async def usbmuxd_check(address: str | None) -> Check:
     """Connect to usbmuxd and ask its BUID, as every client does first."""
-    kind, target = resolve_usbmux_address(address)
-    where = target if kind == "unix" else "%s:%s" % target  # type: ignore[misc]
+    where = resolve(address)
     try:
         with anyio.fail_after(5):
-            if kind == "unix":
-                stream = await anyio.connect_unix(str(target))
-            else:
-                host, port = target  # type: ignore[misc]
-                stream = await anyio.connect_tcp(host, port)
-            async with stream:
-                payload = plistlib.dumps({"MessageType": "ReadBUID", "ProgName": "stationd"})
-                await stream.send(struct.pack("<IIII", 16 + len(payload), 1, 8, 1) + payload)
-                header = await stream.receive(16)
+            async with await UsbmuxConnection.open(where) as mux:
+                await mux.read_buid()
     except (OSError, TimeoutError) as e:
         hint = "install and start usbmuxd (apt install usbmuxd), or set station.usbmuxd"
         if isinstance(e, PermissionError):
             hint = "run the station as a user in the group that may open the usbmuxd socket"
         return False, "usbmuxd", f"cannot talk to {where} ({e.__class__.__name__}): {hint}"
-    if len(header) < 16:
+    except (UsbmuxError, packet.PacketError, anyio.EndOfStream, anyio.IncompleteRead):
         return False, "usbmuxd", f"{where} answered something that is not usbmuxd"
     return True, "usbmuxd", f"reachable at {where}"
 

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from stationd.files import write_private_file
-from stationd.usb.watcher import UsbEvent, UsbWatcher
+from stationd.usbmux import UsbEvent, UsbWatcher
 
 SECTION = re.compile(r"^\s*\[\s*ports\s*\]\s*(#.*)?$")
 ANY_SECTION = re.compile(r"^\s*\[")

@@ -19,6 +19,7 @@ import structlog
 from stationd.api import serve as serve_api
 from stationd.config import Config
 from stationd.device import DeviceSession
+from stationd.errors import RESTART_JOB_CODES
 from stationd.events import Event, EventBus
 from stationd.files import private_folder, tighten
 from stationd.identity import Identity
@@ -28,8 +29,7 @@ from stationd.plugins import PluginHost
 from stationd.redact import redact
 from stationd.report import device_row
 from stationd.store import JobRecord, Store
-from stationd.usb.address import pymobiledevice3_address
-from stationd.usb.watcher import UsbEvent, UsbWatcher
+from stationd.usbmux import UsbEvent, UsbWatcher, resolve
 
 log = structlog.get_logger("stationd.station")
 STEP_TIMEOUT_FIELDS = {"profiles": "wifi", "name": "report"}
@@ -52,7 +52,7 @@ class Station:
         self.store = store
         self.identity = identity
         self.station_id = config.station.id
-        self.usbmux_address = usbmux_address or config.station.usbmuxd
+        self.usbmux = resolve(usbmux_address or config.station.usbmuxd)
         self._own_http = http is None
         self.http = http or httpx.AsyncClient(timeout=30.0)
         self.bus = bus or EventBus()
@@ -82,7 +82,7 @@ class Station:
         for job in await self.store.mark_interrupted(self.station_id):
             log.info("job.interrupted_by_restart", udid=job.udid, job=job.id)
         await self.event("station.started", data={"plan": self.plan, "concurrency": self.config.station.concurrency})
-        watcher = UsbWatcher(self.usbmux_address)
+        watcher = UsbWatcher(str(self.usbmux))
         async with serve_api(self) as url:
             self.dashboard_url = url and url + "/"
             try:
@@ -185,11 +185,11 @@ class Station:
         if not jobs:
             return False
         latest = jobs[-1]
-        if latest.status == "failed":
+        if latest.status == "failed" and latest.error_code not in RESTART_JOB_CODES:
             await self.transition(
                 udid, latest, "job.retried", state="waiting", job_status="running", data={"reason": "operator"}
             )
-        elif latest.status == "done":
+        elif latest.status in ("done", "failed"):
             await self.store.open_job(udid, self.station_id)
             await self.publish()
         self._nudge(udid)
@@ -231,8 +231,7 @@ class Station:
 
     # -- helpers the workers use ----------------------------------------------------------------------------------
     def open_session(self, udid: str) -> DeviceSession:
-        address = pymobiledevice3_address(self.usbmux_address)
-        return DeviceSession(udid, usbmux_address=address, pair_records=self.pair_records, identity=self.identity)
+        return DeviceSession(udid, usbmux_address=self.usbmux, pair_records=self.pair_records, identity=self.identity)
 
     def step_timeout(self, step: str) -> float:
         return float(getattr(self.config.timeouts, STEP_TIMEOUT_FIELDS.get(step, step)))
@@ -247,7 +246,7 @@ class Station:
         latest = jobs[-1] if jobs else None
         if latest is not None and latest.status == "done":
             return None
-        if latest is not None and latest.status == "failed":
+        if latest is not None and latest.status == "failed" and latest.error_code not in RESTART_JOB_CODES:
             return await self.transition(
                 udid, latest, "job.retried", state="waiting", job_status="running", data={"reason": "replugged"}
             )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -106,3 +107,26 @@ async def make_rig(tmp: Path, specs: list[Any], speed: float = 0.0005) -> AsyncI
             yield Rig(tmp, emulator, identity, mdm, rig_config(tmp, identity, emulator, mdm.url))
     finally:
         await mdm.stop()
+
+
+def provisioning_problems(rig: Rig, udid: str, *, mode: str = "url", extra: tuple[str, ...] = ()) -> list[str]:
+    """What the iPad itself (the emulator's state) says is missing from a full provisioning; [] when complete."""
+    state = rig.device(udid)
+    ours = hashlib.sha256(rig.identity.certificate_der).hexdigest()
+    cloud = state["cloud_configuration"] or {}
+    payloads = {t for types in state["profile_payload_types"].values() for t in types}
+    problems = []
+    if state["erase_count"] != 1:
+        problems.append(f"erased {state['erase_count']} times")
+    if state["activation_state"] != "Activated":
+        problems.append(f"activation state {state['activation_state']}")
+    if not state["supervised"] or state["organization"] != ORG or ours not in cloud.get("SupervisorHostCertificates", []):
+        problems.append(f"supervision {state['organization']!r}, ours listed: {ours in cloud.get('SupervisorHostCertificates', [])}")
+    if "com.apple.wifi.managed" not in payloads:
+        problems.append("no Wi-Fi profile")
+    problems += [f"profile {name} missing" for name in extra if name not in state["profiles"]]
+    if mode == "url" and not (state["stored_profile"] and "com.apple.mdm" in state["stored_profile"]["PayloadTypes"]):
+        problems.append("no enrollment profile stored")
+    if state["device_name"] != f"{ORG}-{state['serial']}":
+        problems.append(f"named {state['device_name']!r}")
+    return problems

@@ -138,7 +138,7 @@ def test_usbmuxd_address_forms(tmp_path, address):
     ("text", "line", "key", "hint"),
     [
         ('[station]\nconcurrency = "eight"\n', 4, "station.concurrency", "concurrency = 8"),
-        ("[station]\nconcurrency = 0\n", 4, "station.concurrency", "at least 1"),
+        ("[station]\nconcurrency = 0\n", 4, "station.concurrency", "from 1 to 256"),
         ("[station]\nconcurrency = true\n", 4, "station.concurrency", "whole number"),
         ('[station]\nlog_format = "fancy"\n', 4, "station.log_format", "expected one of auto, json, console"),
         ('[station]\nusbmuxd = "usbmuxd"\n', 4, "station.usbmuxd", "HOST:PORT"),
@@ -423,3 +423,33 @@ def test_cli_check_config_ok_with_warnings(tmp_path):
     assert result.exit_code == 0
     assert "warning:" in result.output
     assert "configuration OK (1 warning)" in result.output
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "words"),
+    [
+        ("[timeouts]\nerase_start = nan\n", "timeouts.erase_start", "at least 30"),
+        ("[timeouts]\nerase_start = 0.05\n", "timeouts.erase_start", "at least 30"),
+        ("[timeouts]\nerase = inf\n", "timeouts.erase", "at most 86400"),
+        ("[timeouts]\nactivate = -inf\n", "timeouts.activate", "greater than 0"),
+        ("[timeouts]\nretries = 1000\n", "timeouts.retries", "from 0 to 20"),
+        ("[plugins]\ntimeout = nan\n", "plugins.timeout", "at most 300"),
+        ("[station]\nconcurrency = 100000\n", "station.concurrency", "from 1 to 256"),
+    ],
+)
+def test_durations_and_counts_are_finite_and_bounded(tmp_path, text, key, words):
+    error = problems_of(write(tmp_path, MINIMAL + text))
+    assert [(issue.line, issue.key) for issue in error.issues] == [(4, key)]
+    assert words in str(error)
+
+
+def test_run_refuses_to_start_before_touching_an_ipad_when_a_profile_is_broken(tmp_path):
+    create_identity(tmp_path / "identity.pem", "Example School")
+    (tmp_path / "broken.mobileconfig").write_bytes(b"not a plist")
+    path = write(tmp_path, MINIMAL + f'[station]\ndatabase = "{tmp_path / "db"}"\nusbmuxd = "{tmp_path / "mux"}"\n'
+                 '[profiles]\nextra = ["broken.mobileconfig"]\n')
+    result = CliRunner().invoke(app, ["run", "--config", str(path)])
+    assert result.exit_code == 2
+    assert "profiles.extra" in result.output and "broken.mobileconfig" in result.output
+    assert "did not start" in result.output
+    assert not (tmp_path / "db").exists(), "nothing ran: not even the database was opened"

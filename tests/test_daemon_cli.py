@@ -19,7 +19,7 @@ from starlette.routing import Route
 from typer.testing import CliRunner
 
 from stationd.cli import app
-from stationd.emulator import Emulator, generated_spec
+from stationd.emulator import Emulator, Latency, generated_spec
 from stationd.emulator.mdm_server import mdm_app
 from stationd.httpserve import HTTPServer
 from stationd.identity import create_identity
@@ -56,7 +56,10 @@ url = "{mdm_url}/enroll"
 url = "{emulator.activation_url}"
 
 [timeouts]
-erase_start = 5
+erase_start = 30
+
+[api]
+listen = "127.0.0.1:0"
 
 [plugins]
 enabled = ["webhook", "leds"]
@@ -197,3 +200,89 @@ def test_run_with_the_dashboard_port_taken_says_what_to_change(tmp_path: Path) -
     assert result.exit_code == 2
     assert f"cannot serve the dashboard on 127.0.0.1:{port}" in result.output and "[api] listen" in result.output
     assert "Traceback" not in result.output
+
+
+async def run_killing(command: list[str], env: dict[str, str], udids: set[str], kill_at: list[str]) -> list[str]:
+    """Run `stationd run`, SIGKILL it the first time each step of `kill_at` starts (the erase: once it was sent),
+    restart it, until every iPad is done or failed; return the steps it was killed at."""
+    killed: list[str] = []
+    finished: set[str] = set()
+    with anyio.fail_after(180):
+        while len(finished) < len(udids):
+            process = await anyio.open_process(command, env=env)
+            async for entry in log_lines(process):
+                event, step = entry.get("event"), entry.get("step")
+                if event in ("device.done", "step.failed") and entry.get("udid") in udids:
+                    finished.add(entry["udid"])
+                moment = "step.waiting" if step == "erase" else "step.started"
+                if event == moment and step in kill_at and step not in killed:
+                    killed.append(step)
+                    process.kill()
+                    break
+                if len(finished) == len(udids):
+                    process.send_signal(signal.SIGTERM)
+                    break
+            await process.wait()
+    return killed
+
+
+@pytest.mark.anyio
+async def test_sigkill_at_every_step_under_every_erase_behaviour_ends_provisioned(tmp_path: Path) -> None:
+    from stationd.emulator import Behaviour
+
+    specs = [
+        generated_spec(0, activated=False),
+        generated_spec(1, behaviour=Behaviour(erase_reply="drop")),
+        generated_spec(2, activated=False, behaviour=Behaviour(set_value="ignore")),
+    ]
+    mdm = HTTPServer(mdm_app("Kill School"))
+    await mdm.start()
+    env = dict(os.environ, HOME=str(tmp_path / "home"))
+    steps = ["identify", "erase", "activate", "supervise", "wifi", "enroll", "name", "report"]
+    try:
+        async with Emulator(specs, socket_path=tmp_path / "mux", speed=0.02) as emulator:
+            config = write_config(tmp_path, emulator, mdm.url, f"{mdm.url}/no-hook")
+            command = STATIOND + ["run", "--config", str(config)]
+            killed = await run_killing(command, env, {s.udid for s in specs}, steps)
+            assert killed == steps
+            for spec in specs[:2]:
+                state = emulator.devices[spec.udid].snapshot()
+                assert state["erase_count"] == 1 and state["activation_state"] == "Activated"
+                assert state["organization"] == "Kill School" and state["stored_profile"] is not None
+                assert state["device_name"] == f"Kill School-{spec.serial}"
+            ignoring = emulator.devices[specs[2].udid].snapshot()
+            assert ignoring["erase_count"] == 1 and ignoring["device_name"] == "iPad"
+            export = await anyio.run_process(STATIOND + ["export", "--config", str(config), "--format", "json"], env=env)
+            states = {row["serial"]: (row["state"], row["error_code"]) for row in json.loads(export.stdout)}
+            assert states[specs[2].serial] == ("failed", "name_not_applied")
+            assert {states[s.serial] for s in specs[:2]} == {("done", None)}
+    finally:
+        await mdm.stop()
+
+
+@pytest.mark.anyio
+async def test_sigkill_between_the_erase_acknowledgement_and_going_down_erases_once(tmp_path: Path) -> None:
+    # speed 0.02: the fresh iPad goes down 3 s after acknowledging, long after the station was killed.
+    spec = generated_spec(0, activated=False, latency=Latency(erase=150.0))
+    mdm = HTTPServer(mdm_app("Kill School"))
+    await mdm.start()
+    env = dict(os.environ, HOME=str(tmp_path / "home"))
+    try:
+        async with Emulator([spec], socket_path=tmp_path / "mux", speed=0.02) as emulator:
+            config = write_config(tmp_path, emulator, mdm.url, f"{mdm.url}/no-hook")
+            command = STATIOND + ["run", "--config", str(config)]
+            first = await anyio.open_process(command, env=env)
+            with anyio.fail_after(60):
+                async for entry in log_lines(first):
+                    if entry.get("event") == "step.waiting":
+                        assert emulator.devices[spec.udid].status == "erasing"
+                        first.kill()
+                        break
+            await first.wait()
+            assert await run_killing(command, env, {spec.udid}, []) == []
+            state = emulator.devices[spec.udid].snapshot()
+            assert state["erase_count"] == 1 and state["activation_state"] == "Activated"
+            assert state["organization"] == "Kill School" and state["device_name"] == f"Kill School-{spec.serial}"
+            assert [r["result"] for r in state["request_log"] if r["request"] == "EraseDevice"] == ["ok"]
+    finally:
+        await mdm.stop()

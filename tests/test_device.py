@@ -20,6 +20,7 @@ from stationd.device import DeviceSession
 from stationd.emulator.device import DepAssignment, Fault, generated_spec
 from stationd.emulator.emulator import Emulator
 from stationd.identity import Identity, create_identity
+from stationd.pipeline.verdicts import judge_supervision
 
 pytestmark = pytest.mark.anyio
 
@@ -222,14 +223,14 @@ async def test_erase_then_reconnect_with_stale_pair_record(
     spec = generated_spec(0)
     async with emulator(mux_dir, spec) as emu:
         async with session(emu, spec.udid, pair_records, identity) as device:
-            await device.supervise(ORG, SKIP)
+            await device.mc.supervise(ORG, SKIP)
             await device.set_name("Class 3 - 01")
             async with reattached(emu.usbmux_address, spec.udid):
-                await device.erase()
+                await device.mc.erase()
         assert emu.devices[spec.udid].erase_count == 1
         async with session(emu, spec.udid, pair_records, identity) as device:
             facts = await device.facts()
-            assert await device.cloud_configuration() == {}
+            assert await device.mc.cloud_configuration() == {}
         assert requests_of(emu, spec.udid, "StartSession")[-2:] == ["InvalidHostID", "ok"]
         assert requests_of(emu, spec.udid, "Pair") == ["ok", "ok"]
     assert facts.activation_state == "Unactivated"
@@ -295,9 +296,9 @@ async def test_supervise_is_idempotent(mux_dir: Path, pair_records: Path, identi
     spec = generated_spec(0)
     async with emulator(mux_dir, spec) as emu:
         async with session(emu, spec.udid, pair_records, identity) as device:
-            await device.supervise(ORG, SKIP)
-            await device.supervise(ORG, SKIP)
-            configuration = await device.cloud_configuration()
+            await device.mc.supervise(ORG, SKIP)
+            await device.mc.supervise(ORG, SKIP)
+            configuration = await device.mc.cloud_configuration()
         assert requests_of(emu, spec.udid, "SetCloudConfiguration") == ["ok"]
     assert configuration["IsSupervised"] is True
     assert configuration["OrganizationName"] == ORG
@@ -310,8 +311,12 @@ async def test_supervised_by_another_organisation(mux_dir: Path, pair_records: P
     spec = generated_spec(0, supervised_by="Other School", supervisor_certificates=[b"not ours"])
     async with emulator(mux_dir, spec) as emu:
         async with session(emu, spec.udid, pair_records, identity) as device:
-            with pytest.raises(errors.AlreadySupervised) as caught:
-                await device.supervise(ORG, SKIP)
+            held = await device.mc.supervise(ORG, SKIP)
+        assert requests_of(emu, spec.udid, "SetCloudConfiguration") == []
+    assert held["OrganizationName"] == "Other School"
+    with pytest.raises(errors.AlreadySupervised) as caught:
+        judge_supervision(held, organization=ORG, certificate_der=identity.certificate_der, serial=spec.serial,
+                          erased=False)
     assert "Other School" in caught.value.message and spec.serial in caught.value.message
 
 
@@ -319,10 +324,14 @@ async def test_dep_assigned_elsewhere_after_activation(mux_dir: Path, pair_recor
     spec = generated_spec(0, activated=False, dep=DepAssignment("Regional Service"))
     async with emulator(mux_dir, spec) as emu, httpx.AsyncClient() as http:
         async with session(emu, spec.udid, pair_records, identity) as device:
-            await device.activate(http, emu.activation_url)
-            with pytest.raises(errors.DepAssignedElsewhere) as caught:
-                await device.supervise(ORG, SKIP)
-    assert "Regional Service" in caught.value.message and spec.serial in caught.value.message
+            assert await device.activate(http, emu.activation_url) == "Activated"
+            held = await device.mc.supervise(ORG, SKIP)
+    with pytest.raises(errors.DepAssignedElsewhere) as caught:
+        judge_supervision(held, organization=ORG, certificate_der=identity.certificate_der, serial=spec.serial,
+                          erased=True)
+    message = caught.value.message
+    assert "Regional Service" in message and f"release serial {spec.serial}" in message
+    assert "erase it" not in message.lower(), "erasing cannot help: Apple hands the configuration back"
 
 
 # -- profiles --------------------------------------------------------------------------------------------------------
@@ -331,10 +340,10 @@ async def test_install_profile_silently_once(mux_dir: Path, pair_records: Path, 
     wifi = wifi_profile()
     async with emulator(mux_dir, spec) as emu:
         async with session(emu, spec.udid, pair_records, identity) as device:
-            await device.supervise(ORG, SKIP)
-            await device.install_profile(wifi)
-            await device.install_profile(wifi)
-            assert await device.installed_profiles() == ["org.example.wifi"]
+            await device.mc.supervise(ORG, SKIP)
+            await device.mc.install_profile(wifi)
+            await device.mc.install_profile(wifi)
+            assert await device.mc.installed_profiles() == ["org.example.wifi"]
         assert requests_of(emu, spec.udid, "InstallProfileSilent") == ["ok"]
         assert emu.devices[spec.udid].has_network
 
@@ -344,16 +353,16 @@ async def test_install_profile_needs_our_supervision(mux_dir: Path, pair_records
     async with emulator(mux_dir, spec) as emu:
         async with session(emu, spec.udid, pair_records, identity) as device:
             with pytest.raises(errors.NotSupervisedByUs):
-                await device.install_profile(wifi_profile())
+                await device.mc.install_profile(wifi_profile())
 
 
 async def test_malformed_profile_is_rejected(mux_dir: Path, pair_records: Path, identity: Identity) -> None:
     spec = generated_spec(0)
     async with emulator(mux_dir, spec) as emu:
         async with session(emu, spec.udid, pair_records, identity) as device:
-            await device.supervise(ORG, SKIP)
+            await device.mc.supervise(ORG, SKIP)
             with pytest.raises(errors.ProfileRejected) as caught:
-                await device.install_profile(b"this is not a profile")
+                await device.mc.install_profile(b"this is not a profile")
     assert "not a property list" in caught.value.message
 
 
@@ -362,11 +371,11 @@ async def test_store_enrollment_profile(mux_dir: Path, pair_records: Path) -> No
     enrollment = enrollment_profile(with_mdm=True)
     async with emulator(mux_dir, spec) as emu:
         async with session(emu, spec.udid, pair_records, None) as device:
-            assert await device.stored_profile() is None
+            assert await device.mc.stored_profile() is None
             with pytest.raises(errors.ProfileRejected) as caught:
-                await device.store_enrollment_profile(enrollment_profile(with_mdm=False))
-            await device.store_enrollment_profile(enrollment)
-            assert await device.stored_profile() == enrollment
+                await device.mc.store_enrollment_profile(enrollment_profile(with_mdm=False))
+            await device.mc.store_enrollment_profile(enrollment)
+            assert await device.mc.stored_profile() == enrollment
     assert "MDM payload" in caught.value.message
 
 
@@ -376,18 +385,18 @@ async def test_dep_download_needs_network(mux_dir: Path, pair_records: Path) -> 
     async with emulator(mux_dir, spec) as emu:
         async with session(emu, spec.udid, pair_records, None) as device:
             with pytest.raises(errors.NoNetwork):
-                await device.download_cloud_configuration()
+                await device.mc.download_cloud_configuration()
 
 
 async def test_dep_download_not_assigned(mux_dir: Path, pair_records: Path, identity: Identity) -> None:
     spec = generated_spec(0)
     async with emulator(mux_dir, spec) as emu:
         async with session(emu, spec.udid, pair_records, identity) as device:
-            await device.supervise(ORG, SKIP)
-            await device.install_profile(wifi_profile())
-            with pytest.raises(errors.DepNotAssigned) as caught:
-                await device.download_cloud_configuration()
-    assert f"serial {spec.serial} is not assigned" in caught.value.message and "replug" in caught.value.message
+            await device.mc.supervise(ORG, SKIP)
+            await device.mc.install_profile(wifi_profile())
+            held = await device.mc.download_cloud_configuration()
+        assert requests_of(emu, spec.udid, "DownloadAndApplyCloudConfiguration") == ["33001"]
+    assert held["OrganizationName"] == ORG, "33001 is not the verdict: the configuration the iPad holds is"
 
 
 async def test_dep_download_assigned(mux_dir: Path, pair_records: Path, identity: Identity) -> None:
@@ -396,10 +405,9 @@ async def test_dep_download_assigned(mux_dir: Path, pair_records: Path, identity
     async with emulator(mux_dir, spec) as emu, httpx.AsyncClient() as http:
         async with session(emu, spec.udid, pair_records, identity) as device:
             await device.activate(http, emu.activation_url)
-            await device.supervise(ORG, SKIP)
-            await device.install_profile(wifi_profile())
-            await device.download_cloud_configuration()
-            configuration = await device.cloud_configuration()
+            await device.mc.supervise(ORG, SKIP)
+            await device.mc.install_profile(wifi_profile())
+            configuration = await device.mc.download_cloud_configuration()
         assert requests_of(emu, spec.udid, "SetCloudConfiguration") == []
     assert configuration["ConfigurationSource"] == 1
     assert configuration["OrganizationName"] == ORG

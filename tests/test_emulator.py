@@ -38,7 +38,7 @@ from stationd.emulator.device import DeviceSpec, Fault, Latency, generated_spec,
 from stationd.emulator.emulator import Emulator
 from stationd.emulator.scenario import CONVERTERS, ScenarioError, generated_scenario, load_scenario, parse_scenario
 from stationd.emulator.thread import EmulatorThread
-from stationd.emulator.wire import read_usbmux_packet, usbmux_packet
+from stationd.usbmux import packet as usbmux_packet_io
 from stationd.identity import Identity, create_identity
 
 pytestmark = pytest.mark.anyio
@@ -109,12 +109,12 @@ class RawMux:
 
     async def send(self, body: dict[str, Any]) -> None:
         self.tag += 1
-        self.writer.write(usbmux_packet(self.tag, body))
+        self.writer.write(usbmux_packet_io.encode(self.tag, body))
         await self.writer.drain()
 
     async def receive(self) -> dict[str, Any]:
         with anyio.fail_after(5):
-            _, _, _, payload = await read_usbmux_packet(self.reader)
+            payload = (await usbmux_packet_io.read(self.reader.readexactly)).payload
         return plistlib.loads(payload)
 
     async def hotplug(self) -> dict[str, Any]:
@@ -454,7 +454,7 @@ def test_scenario_explicit_identity_and_generated_scenario() -> None:
         ({"device": [{}, {"activate": True}]}, "[[device]] #2: activate: unknown key (did you mean 'activated'?)"),
         ({"device": [{"activated": "yes"}]}, "[[device]] #1: activated: must be true or false"),
         ({"device": [{"latency": {"erase": -1}}]}, "latency.erase: must be a number of seconds"),
-        ({"device": [{"faults": [{"request": "Pair", "action": "explode"}]}]}, "faults[0].action: must be drop, error"),
+        ({"device": [{"faults": [{"request": "Pair", "action": "explode"}]}]}, "faults[0].action: must be one of drop, drop_reply, error"),
         ({"device": [{"faults": [{"action": "drop"}]}]}, "faults[0].request: is missing"),
         ({"device": [{"serial": "A"}, {"serial": "A"}]}, "[[device]] #2: serial: duplicate serial A"),
         ({"device": [{"udid": "U-1"}, {"count": 2}, {"udid": "U-1"}]}, "[[device]] #3: udid: duplicate udid U-1"),

@@ -42,7 +42,6 @@ def write_config(tmp: Path, emulator: Emulator, mdm_url: str) -> Path:
         f'[wifi]\nssid = "FloodNet"\npassword = "flood-password"\n'
         f'[enrollment]\nmode = "url"\nurl = "{mdm_url}/enroll"\n'
         f'[activation]\nurl = "{emulator.activation_url}"\n'
-        f'[timeouts]\nerase_start = 5\n'
         f'[api]\nlisten = "127.0.0.1:0"\n'
     )
     config.chmod(0o600)
@@ -66,10 +65,12 @@ async def test_idle_connections_beyond_the_descriptors_leave_the_ipads_unaffecte
             try:
                 entries = log_lines(process, lines)
                 with anyio.fail_after(60):
+                    url = ""
                     async for entry in entries:
                         if entry.get("event") == "api.listening":
                             url = entry["url"]
                             break
+                    assert url, "\n".join(lines)
                     host, port = url.removeprefix("http://").split(":")
                     for _ in range(IDLE_CONNECTIONS):
                         held.append(await anyio.connect_tcp(host, int(port)))

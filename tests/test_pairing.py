@@ -27,9 +27,9 @@ async def test_one_set_of_host_keys_pairs_every_ipad_and_the_root_key_stays_home
         on_devices = [emulator.devices[spec.udid].paired_hosts for spec in specs]
     assert (records / HOST_KEYS).stat().st_mode & 0o777 == 0o600
     assert saved[0]["HostCertificate"] == saved[1]["HostCertificate"] == host_keys(records).host_certificate_pem
-    assert saved[0]["HostID"] == saved[1]["HostID"]
+    assert saved[0]["HostID"] != saved[1]["HostID"], "each pairing gets its own HostID (the erase proof needs it)"
     assert all("RootPrivateKey" not in record and "HostPrivateKey" in record for record in saved)
-    assert all(list(hosts) == [saved[0]["HostID"]] for hosts in on_devices)
+    assert [list(hosts) for hosts in on_devices] == [[record["HostID"]] for record in saved]
 
 
 def test_host_keys_are_made_once_and_read_back(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from stationd.config import example_config, load_config
 from stationd.emulator import Emulator, generated_spec
 from stationd.emulator.thread import EmulatorThread
 from stationd.ports import learn, write_ports
-from stationd.usb.watcher import UsbWatcher
+from stationd.usbmux import UsbWatcher
 
 
 @pytest.mark.anyio

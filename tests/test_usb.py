@@ -1,4 +1,4 @@
-"""Tests of stationd.usb: usbmuxd address spellings and the hotplug watcher, against the emulator and fake servers."""
+"""Tests of stationd.usbmux: usbmuxd address spellings and the hotplug watcher, against the emulator and fake servers."""
 
 from __future__ import annotations
 
@@ -12,12 +12,14 @@ from typing import Any
 
 import anyio
 import pytest
+from pymobiledevice3 import usbmux
 from structlog.testing import capture_logs
 
 from stationd.emulator import Emulator, generated_spec
-from stationd.emulator.wire import usbmux_packet
-from stationd.usb import UsbEvent, UsbWatcher, parse_usbmux_address, pymobiledevice3_address, resolve_usbmux_address
-from stationd.usb.address import DEFAULT_SOCKET, ENV_VAR
+from stationd.usbmux import AddressError, UsbEvent, UsbmuxAddress, UsbWatcher
+from stationd.usbmux import address as usbmux_address
+from stationd.usbmux.address import DEFAULT_SOCKET, ENV_VAR
+from stationd.usbmux.packet import encode as usbmux_packet
 
 pytestmark = pytest.mark.anyio
 
@@ -86,39 +88,56 @@ async def fake_usbmuxd(path: Path, replies: list[Callable[[int], bytes]]) -> Asy
 
 
 @pytest.mark.parametrize(
-    ("spelling", "parsed", "pymobiledevice3"),
+    ("spelling", "parsed", "libusbmuxd"),
     [
-        ("/var/run/usbmuxd", ("unix", "/var/run/usbmuxd"), "/var/run/usbmuxd"),
-        ("UNIX:/tmp/mux", ("unix", "/tmp/mux"), "/tmp/mux"),
-        ("unix:/tmp/a:b", ("unix", "/tmp/a:b"), "/tmp/a:b"),
-        ("/tmp/a:b", ("unix", "/tmp/a:b"), "/tmp/a:b"),
-        ("127.0.0.1:27015", ("tcp", ("127.0.0.1", 27015)), "127.0.0.1:27015"),
-        ("mux.lan:27015", ("tcp", ("mux.lan", 27015)), "mux.lan:27015"),
-        ("[::1]:27015", ("tcp", ("::1", 27015)), "::1:27015"),
+        ("/var/run/usbmuxd", UsbmuxAddress(path="/var/run/usbmuxd"), "UNIX:/var/run/usbmuxd"),
+        ("UNIX:/tmp/mux", UsbmuxAddress(path="/tmp/mux"), "UNIX:/tmp/mux"),
+        ("unix:/tmp/a:b", UsbmuxAddress(path="/tmp/a:b"), "UNIX:/tmp/a:b"),
+        ("/tmp/a:b", UsbmuxAddress(path="/tmp/a:b"), "UNIX:/tmp/a:b"),
+        ("127.0.0.1:27015", UsbmuxAddress(host="127.0.0.1", port=27015), "127.0.0.1:27015"),
+        ("mux.lan:27015", UsbmuxAddress(host="mux.lan", port=27015), "mux.lan:27015"),
+        ("[::1]:27015", UsbmuxAddress(host="::1", port=27015), "[::1]:27015"),
     ],
 )
-def test_address_spellings(spelling: str, parsed: tuple[str, object], pymobiledevice3: str) -> None:
-    assert parse_usbmux_address(spelling) == parsed
-    assert resolve_usbmux_address(spelling) == parsed
-    assert pymobiledevice3_address(spelling) == pymobiledevice3
+def test_address_spellings(spelling: str, parsed: UsbmuxAddress, libusbmuxd: str) -> None:
+    assert usbmux_address.parse(spelling) == parsed
+    assert usbmux_address.resolve(spelling) == parsed
+    assert parsed.for_libusbmuxd() == libusbmuxd
+    assert usbmux_address.parse(str(parsed)) == parsed
 
 
-@pytest.mark.parametrize("spelling", ["host:port", ":27015", "host:0", "host:70000"])
+@pytest.mark.parametrize("spelling", ["host:port", ":27015", "host:0", "host:70000", "::1:27015", "[nope]:27015"])
 def test_address_rejects_nonsense(spelling: str) -> None:
-    with pytest.raises(ValueError, match="neither a socket path nor HOST:PORT"):
-        parse_usbmux_address(spelling)
+    with pytest.raises(AddressError, match="neither a socket path nor HOST:PORT"):
+        usbmux_address.parse(spelling)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("where", ["tcp", "plain path", "path with a colon"])
+async def test_pymobiledevice3_reaches_the_emulator_at_every_spelling_we_give_it(tmp_path: Path, where: str) -> None:
+    spec = generated_spec(0)
+    socket_path = {"plain path": tmp_path / "mux", "path with a colon": tmp_path / "a:b"}.get(where)
+    tcp = "127.0.0.1:0" if where == "tcp" else None
+    async with Emulator([spec], socket_path=socket_path, tcp_address=tcp, speed=0, activation_address=None) as emu:
+        for spelling in ([emu.usbmux_address, f"UNIX:{emu.usbmux_address}"] if socket_path else [emu.usbmux_address]):
+            given = usbmux_address.parse(spelling).for_pymobiledevice3()
+            devices = await usbmux.list_devices(usbmux_address=given)
+            assert [device.serial for device in devices] == [spec.udid], spelling
+
+
+def test_ipv6_is_refused_for_pymobiledevice3_with_a_reason() -> None:
+    with pytest.raises(AddressError, match="IPv4 only"):
+        usbmux_address.parse("[::1]:27015").for_pymobiledevice3()
 
 
 def test_address_override_then_env_then_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(ENV_VAR, raising=False)
-    assert resolve_usbmux_address() == ("unix", DEFAULT_SOCKET)
+    assert usbmux_address.resolve() == UsbmuxAddress(path=DEFAULT_SOCKET)
     monkeypatch.setenv(ENV_VAR, "")
-    assert resolve_usbmux_address() == ("unix", DEFAULT_SOCKET)
+    assert usbmux_address.resolve() == UsbmuxAddress(path=DEFAULT_SOCKET)
     monkeypatch.setenv(ENV_VAR, "UNIX:/run/env-mux")
-    assert resolve_usbmux_address() == ("unix", "/run/env-mux")
-    assert pymobiledevice3_address() == "/run/env-mux"
-    assert resolve_usbmux_address("10.0.0.2:27015") == ("tcp", ("10.0.0.2", 27015))
-    assert pymobiledevice3_address("10.0.0.2:27015") == "10.0.0.2:27015"
+    assert usbmux_address.resolve() == UsbmuxAddress(path="/run/env-mux")
+    assert usbmux_address.resolve("10.0.0.2:27015") == UsbmuxAddress(host="10.0.0.2", port=27015)
     assert UsbWatcher().address == "/run/env-mux"
     assert UsbWatcher("UNIX:/run/override").address == "/run/override"
 
@@ -192,7 +211,7 @@ async def test_usbmuxd_restart_detaches_then_replays(mux_path: Path) -> None:
 async def test_tcp_usbmuxd() -> None:
     async with Emulator([generated_spec(0)], tcp_address="127.0.0.1:0", speed=0.001, activation_address=None) as emu:
         watcher = UsbWatcher(emu.usbmux_address, backoff=FAST)
-        assert watcher.kind == "tcp"
+        assert not watcher.usbmux.is_unix
         async with contextlib.aclosing(watcher.events()) as events:
             connected, attached = await take(events, 2)
             assert connected.kind == "connected"

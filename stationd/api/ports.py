@@ -10,41 +10,10 @@ import time
 from collections import Counter
 from typing import Any
 
+from stationd.errors import title
 from stationd.store import DeviceRecord, JobRecord
 
 STATUSES = ("empty", "busy", "waiting", "done", "failed")
-
-ERROR_TITLES = {
-    "activation_locked": "Activation Lock",
-    "activation_failed": "Activation failed",
-    "activation_server_unavailable": "Apple activation unreachable",
-    "configuration": "Station configuration problem",
-    "connection_dropped": "Connection lost",
-    "dep_assigned_elsewhere": "Assigned to another organisation",
-    "dep_not_assigned": "Not assigned in Apple School Manager",
-    "device_busy": "iPad busy",
-    "device_refused": "iPad refused the request",
-    "enrollment_invalid": "MDM enrollment failed",
-    "enrollment_unavailable": "MDM unreachable",
-    "erase_not_started": "Erase did not start",
-    "erase_timeout": "Did not come back after erasing",
-    "no_network": "No network",
-    "not_supervised_by_us": "Not supervised by this station",
-    "pairing_refused": "Trust refused",
-    "passcode_locked": "Passcode is set",
-    "profile_rejected": "Profile rejected",
-    "supervised_elsewhere": "Supervised by another organisation",
-    "timeout": "Took too long",
-    "trust_pending": "Tap Trust on the iPad",
-}
-
-
-def error_title(code: str | None) -> str | None:
-    """A short headline for an error code (the message says what to do)."""
-    if code is None:
-        return None
-    return ERROR_TITLES.get(code, code.replace("_", " ").capitalize())
-
 
 def location_hex(location_id: int | None) -> str | None:
     return None if location_id is None else f"0x{location_id:08x}"
@@ -90,7 +59,7 @@ def device_view(device: DeviceRecord, job: JobRecord | None, station: Any, now: 
         "state": device.state,
         "step": device.step,
         "error_code": device.error_code,
-        "error_title": error_title(device.error_code),
+        "error_title": title(device.error_code),
         "error_message": device.error_message,
         "port": station.config.ports.label(device.location_id),
         "location_id": device.location_id,
@@ -172,7 +141,7 @@ def _occupied(
     if status == "failed":
         view.update(
             error_code=device.error_code,
-            error_title=error_title(device.error_code),
+            error_title=title(device.error_code),
             error_message=device.error_message,
         )
     return view

@@ -1,5 +1,7 @@
-"""The only code that talks to a device: one paired session per device, errors translated for the technician."""
+"""The only code that talks to a device: one paired session per device (lockdown, and its MCInstall client as
+`session.mc`), errors translated for the technician."""
 
-from stationd.device.session import DeviceFacts, DeviceSession, SupervisorIdentity
+from stationd.device.mcinstall import MCInstall
+from stationd.device.session import DeviceFacts, DeviceSession, SupervisorIdentity, pairing_known
 
-__all__ = ["DeviceFacts", "DeviceSession", "SupervisorIdentity"]
+__all__ = ["DeviceFacts", "DeviceSession", "MCInstall", "SupervisorIdentity", "pairing_known"]

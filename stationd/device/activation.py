@@ -83,7 +83,7 @@ async def _post(
     except outbound.Unreachable as error:
         raise errors.ActivationServerUnavailable(
             f"The activation server ({httpx.URL(url).host}) cannot be reached for {what} of {subject.who} "
-            f"({error}): check the station's internet connection; the station retries by itself."
+            f"({error}): check the station's internet connection (and any proxy or firewall)."
         ) from None
     except outbound.Refused as error:
         raise errors.ActivationFailed(
@@ -93,12 +93,12 @@ async def _post(
     if response.status_code >= 500:
         raise errors.ActivationServerUnavailable(
             f"The activation server answered HTTP {response.status_code} to {what} of {subject.who}: "
-            "it is having trouble; the station retries by itself."
+            "it is having trouble at the moment."
         )
     if response.status_code >= 400:
-        raise errors.ActivationFailed(
-            f"The activation server refused {what} of {subject.who} (HTTP {response.status_code}): "
-            f"replug it to try again; if it keeps failing, {ERASE_HINT}."
+        raise errors.ActivationServerRefused(
+            f"The activation server answered HTTP {response.status_code} to {what} of {subject.who} at "
+            f"{httpx.URL(url).host}: check [activation] url in the configuration (leave it out to use Apple's)."
         )
     return response
 

@@ -10,6 +10,7 @@ not sent to the device, unlike pymobiledevice3's pair record).
 from __future__ import annotations
 
 import functools
+import plistlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -20,9 +21,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from pymobiledevice3.ca import build_device_certificate, build_host_certificate, build_root_certificate
 from pymobiledevice3.lockdown import LockdownClient
-from pymobiledevice3.safe_paths import device_file_path
 
-from stationd.files import private_file, private_folder, write_private_file
+from stationd.files import private_folder, write_private_file
+from stationd.usbmux import UsbmuxConnection
+from stationd.usbmux.address import UsbmuxAddress
 
 HOST_KEYS = "host-keys.pem"
 PAIR_ERRORS: dict[str, type[Exception]] = {
@@ -77,13 +79,19 @@ def host_keys(folder: Path) -> HostKeys:
     host_certificate = build_host_certificate(host_key, root_certificate, root_key, hashes.SHA256())
     keys = HostKeys(root_certificate, root_key, host_certificate.public_bytes(serialization.Encoding.PEM),
                     _pem_key(host_key))
-    private_folder(folder)
-    pem = keys.root_certificate_pem + keys.host_certificate_pem + _pem_key(root_key) + keys.host_key_pem
-    write_private_file(path, pem, force=True)
+    _write_private(path, keys.root_certificate_pem + keys.host_certificate_pem + _pem_key(root_key) + keys.host_key_pem)
     return keys
 
 
-async def pair(lockdown: LockdownClient, keys: HostKeys, supervisor: Supervisor | None) -> None:
+def _write_private(path: Path, data: bytes) -> None:
+    """Write atomically, 0600 from the first byte, in a 0700 folder."""
+    private_folder(path.parent)
+    write_private_file(path, data, force=True)
+
+
+async def pair(
+    lockdown: LockdownClient, keys: HostKeys, supervisor: Supervisor | None, usbmux_address: UsbmuxAddress
+) -> None:
     """Pair `lockdown`'s device with the station's host keys, proving supervision when asked; save the record."""
     public_key = serialization.load_pem_public_key(await lockdown.get_value("", "DevicePublicKey"))
     if not isinstance(public_key, rsa.RSAPublicKey):
@@ -111,11 +119,22 @@ async def pair(lockdown: LockdownClient, keys: HostKeys, supervisor: Supervisor 
     if reply.get("EscrowBag") is not None:
         record["EscrowBag"] = reply["EscrowBag"]
     lockdown.pair_record = record
-    if lockdown.pairing_records_cache_folder is not None and lockdown.identifier is not None:
-        # pymobiledevice3 writes the record in place: created 0600 here first, it is never readable by others.
-        private_file(device_file_path(Path(lockdown.pairing_records_cache_folder), lockdown.identifier, ".plist"))
-    await lockdown.save_pair_record()
+    await save_pair_record(lockdown, record, usbmux_address)
     lockdown.paired = True
+
+
+async def save_pair_record(lockdown: LockdownClient, record: dict[str, Any], usbmux_address: UsbmuxAddress) -> None:
+    """Keep the record where pymobiledevice3 looks for it: in the cache folder (0600: it holds the host's private
+    key and the escrow bag) and in usbmuxd, which pymobiledevice3 asks first. pymobiledevice3's own
+    `save_pair_record` would reach only the default usbmuxd (or $USBMUXD_SOCKET_ADDRESS), not the station's."""
+    data = plistlib.dumps(record)
+    folder = lockdown.pairing_records_cache_folder
+    if folder is not None and lockdown.identifier is not None:
+        _write_private(Path(folder) / f"{lockdown.identifier}.plist", data)
+    mux_device = lockdown.service.mux_device
+    if mux_device is not None and lockdown.identifier is not None:
+        async with await UsbmuxConnection.open(usbmux_address) as mux:
+            await mux.save_pair_record(lockdown.identifier, mux_device.devid, data)
 
 
 async def _request_pair(lockdown: LockdownClient, record: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
@@ -125,4 +144,7 @@ async def _request_pair(lockdown: LockdownClient, record: dict[str, Any], option
     error = reply.get("Error")
     if error is None or error == "MCChallengeRequired":
         return reply
-    raise PAIR_ERRORS.get(error, pmd.PairingError)(f"lockdownd refused to pair: {error}")
+    message = f"lockdownd refused to pair: {error}"
+    if error == "MCProtected":
+        raise pmd.MCProtectedError(message, lockdown.identifier, lockdown.product_version, error=error)
+    raise PAIR_ERRORS.get(error, pmd.PairingError)(message)

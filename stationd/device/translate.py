@@ -22,9 +22,17 @@ CONNECTION_ERRORS = (
     OSError,
 )
 GONE_ERRORS = (pmd.DeviceNotFoundError, pmd.NoDeviceConnectedError, pmd.BadDevError)
-PASSCODE_ERRORS = (pmd.PasswordRequiredError, pmd.PasscodeRequiredError, pmd.MCProtectedError)
+PASSCODE_ERRORS = (pmd.PasswordRequiredError, pmd.PasscodeRequiredError)
 
-# MCInstall ErrorChain codes (MCInstallationErrorDomain, MCProfileErrorDomain, MCCloudConfigErrorDomain).
+# lockdownd `Error` strings that mean "not now": libimobiledevice maps "ServiceLimit" to LOCKDOWN_E_SERVICE_LIMIT
+# (too many service connections open at once: src/lockdown.c, lockdownd_strtoerr). No public source names an
+# MCInstall reply code for "busy"; an MCInstall error the station does not know is retried once instead (see
+# errors.DeviceRefused), which covers a busy reply too.
+LOCKDOWN_BUSY = {"ServiceLimit"}
+
+# MCInstall ErrorChain codes (MCInstallationErrorDomain, MCProfileErrorDomain, MCCloudConfigErrorDomain), as
+# Apple Configurator and the public issue threads of pymobiledevice3 and go-ios report them.
+SETUP_FINISHED = 14001
 CLOUD_CONFIGURATION_PRESENT = 14002
 CLOUD_CONFIGURATION_NOT_AVAILABLE = 33001
 NO_NETWORK = 33002
@@ -70,8 +78,8 @@ def device_gone(subject: Subject) -> errors.DeviceGone:
 
 def connection_dropped(subject: Subject, error: BaseException) -> errors.ConnectionDropped:
     return errors.ConnectionDropped(
-        f"The connection to {subject.who} dropped ({detail(error)}): the station retries by itself; "
-        "if it keeps happening, try another cable or port."
+        f"The connection to {subject.who} dropped ({detail(error)}): if it keeps happening, try another cable "
+        "or port."
     )
 
 
@@ -84,13 +92,20 @@ def translate(error: BaseException, subject: Subject, step: str) -> errors.Stati
     if isinstance(error, pmd.ConnectionFailedToUsbmuxdError):
         return errors.ConnectionDropped(
             "usbmuxd cannot be reached: start it (systemctl start usbmuxd) or correct `usbmuxd` in the "
-            "station's configuration; the station retries by itself."
+            "station's configuration."
         )
     if isinstance(error, PASSCODE_ERRORS):
         return errors.PasscodeLocked(
             f"{subject.who} is locked with a passcode and not supervised by {subject.org}: unlock it or erase it "
             "via recovery/the previous MDM, then replug."
         )
+    if isinstance(error, pmd.MCProtectedError):
+        return errors.PairingProhibited(
+            f"{subject.who} does not allow pairing with a new computer (a restriction set by its MDM or "
+            "configuration profile): remove the restriction in its MDM, or erase it from its MDM, then replug."
+        )
+    if isinstance(error, pmd.LockdownError) and getattr(error, "error", None) in LOCKDOWN_BUSY:
+        return errors.DeviceBusy(f"{subject.who} is busy ({error.error}) while trying to {step}.")
     if isinstance(error, pmd.PairingDialogResponsePendingError):
         return errors.TrustPending(
             f"{subject.who} shows 'Trust This Computer?'. It is already set up and not supervised by "
@@ -113,7 +128,7 @@ def translate(error: BaseException, subject: Subject, step: str) -> errors.Stati
             f"{subject.who} did not complete pairing ({detail(error)}): replug it; if it happens again, {ERASE_HINT}."
         )
     if isinstance(error, TimeoutError):
-        return errors.StepTimeout(f"{subject.who} did not answer in time while trying to {step}: the station retries.")
+        return errors.StepTimeout(f"{subject.who} did not answer in time while trying to {step}.")
     if isinstance(error, CONNECTION_ERRORS):
         return connection_dropped(subject, error)
     if isinstance(error, pmd.MobileActivationException):
@@ -125,9 +140,7 @@ def translate(error: BaseException, subject: Subject, step: str) -> errors.Stati
 
 
 def refused(subject: Subject, step: str, reason: str) -> errors.DeviceRefused:
-    return errors.DeviceRefused(
-        f"{subject.who} refused to {step} ({reason}): replug it; if it happens again, {ERASE_HINT}."
-    )
+    return errors.DeviceRefused(f"{subject.who} refused to {step} ({reason}).")
 
 
 def error_code(reply: dict[str, Any]) -> int | None:
@@ -145,32 +158,37 @@ def _description(reply: dict[str, Any]) -> tuple[str, str]:
     return text.strip().rstrip("."), str(first.get("ErrorDomain") or "")
 
 
+def already_set_up(subject: Subject) -> errors.AlreadySetUp:
+    return errors.AlreadySetUp(
+        f"{subject.who} is already set up (past Setup Assistant), so it cannot take a configuration: {ERASE_HINT}."
+    )
+
+
 def mcinstall_error(reply: dict[str, Any], subject: Subject, step: str, profile: bool = False) -> errors.StationError:
     """The StationError for an MCInstall reply that is not `Status: Acknowledged` (`profile`: a profile request)."""
     code = error_code(reply)
     description, domain = _description(reply)
+    serial = subject.serial or subject.udid
     if code == CLOUD_CONFIGURATION_NOT_AVAILABLE:
         return errors.DepNotAssigned(
-            f"serial {subject.serial or subject.udid} is not assigned to an MDM in Apple School/Business Manager: "
-            "assign it, then replug."
+            f"Serial {serial} is not assigned to an MDM server in Apple School/Business Manager: assign it to your "
+            "MDM server there, then replug the iPad."
         )
     if code == NO_NETWORK:
         return errors.NoNetwork(
-            f"{subject.who} has no network, so it cannot fetch its configuration from Apple: install a Wi-Fi profile "
-            "for a network it can reach (check SSID and password), then replug."
+            f"{subject.who} has no network, so it cannot reach Apple: check [wifi] ssid and password in the "
+            "configuration and that the network is in range, then replug."
         )
+    if code == SETUP_FINISHED:
+        return already_set_up(subject)
     if code == CLOUD_CONFIGURATION_PRESENT:
-        return errors.AlreadySupervised(
-            f"{subject.who} already holds a configuration ({description}): {ERASE_HINT}; if it comes back "
-            "supervised, ask its previous owner to release it."
-        )
+        return errors.ForeignConfiguration(f"{subject.who} already holds a configuration ({description}): {ERASE_HINT}.")
     if code in SUPERVISION_CODES:
         return errors.NotSupervisedByUs(
             f"{subject.who} is not supervised by {subject.org} ({description}): {ERASE_HINT} so the station "
             "can supervise it."
         )
     if profile or domain == PROFILE_DOMAIN:
-        return errors.ProfileRejected(
-            f"{subject.who} rejected the profile: {description}. Fix the profile, then retry."
-        )
-    return refused(subject, step, f"{description} (error {code})" if code is not None else description)
+        return errors.ProfileRejected(f"{subject.who} rejected the profile: {description}. Fix the profile, then replug.")
+    where = " ".join(part for part in (domain, f"error {code}" if code is not None else "") if part)
+    return refused(subject, step, f"{description}; {where}" if where else description)

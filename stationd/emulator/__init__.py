@@ -1,6 +1,7 @@
 """Virtual iPads: usbmuxd, lockdownd (with TLS), MCInstall and mobileactivationd as a real client sees them."""
 
 from stationd.emulator.device import (
+    Behaviour,
     DepAssignment,
     DeviceSpec,
     Fault,
@@ -10,4 +11,4 @@ from stationd.emulator.device import (
 )
 from stationd.emulator.emulator import Emulator
 
-__all__ = ["DepAssignment", "DeviceSpec", "Emulator", "Fault", "Latency", "VirtualDevice", "generated_spec"]
+__all__ = ["Behaviour", "DepAssignment", "DeviceSpec", "Emulator", "Fault", "Latency", "VirtualDevice", "generated_spec"]

@@ -40,17 +40,49 @@ class Latency:
     tls: float = 0.0  # extra delay before each TLS handshake ("slow TLS")
 
 
+FAULT_ACTIONS = ("drop", "drop_reply", "error", "hang")
+
+
+@dataclass
+class Behaviour:
+    """How this iPad acts where Apple documents nothing. Every field is inferred, not confirmed on real iPads: the
+    emulator offers each plausible answer so the station can be tested against all of them."""
+
+    erase_reply: str = "ack"  # ack: answer EraseDevice, then go down; drop: act on it, but the reply is lost
+    dep_fetch: str = "activation"  # activation: a DEP-assigned iPad takes its configuration when it activates;
+    # request: only when asked (DownloadAndApplyCloudConfiguration)
+    dep_present: str = "accept"  # a DEP fetch over a configuration it holds: accept (apply again) or error (14002)
+    dep_unassigned: str = "error"  # a DEP fetch for an unassigned serial: error (33001) or silent (acknowledge, nothing)
+    dep_source: int = 1  # ConfigurationSource of a DEP configuration: 1 or 0
+    set_value: str = "apply"  # SetValue DeviceName: apply, or ignore (acknowledge and keep the old name)
+
+    CHOICES = {
+        "erase_reply": ("ack", "drop"),
+        "dep_fetch": ("activation", "request"),
+        "dep_present": ("accept", "error"),
+        "dep_unassigned": ("error", "silent"),
+        "dep_source": (1, 0),
+        "set_value": ("apply", "ignore"),
+    }
+
+    def __post_init__(self) -> None:
+        for name, choices in self.CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise ValueError(f"behaviour {name} must be one of {', '.join(map(str, choices))}")
+
+
 @dataclass
 class Fault:
     """Misbehave on a request: `request` is a lockdownd Request, an MCInstall RequestType or an activation Command."""
 
     request: str
-    action: str = "drop"  # drop: close the connection; error: answer with an error; hang: never answer
+    action: str = "drop"  # drop: close the connection instead of acting; drop_reply: act, then close without a
+    # reply; error: answer the protocol's "busy" error; hang: never answer
     on_try: int = 1  # the n-th time this request arrives (1-based); 0 means every time
 
     def __post_init__(self) -> None:
-        if self.action not in ("drop", "error", "hang"):
-            raise ValueError(f"fault action must be drop, error or hang, not {self.action!r}")
+        if self.action not in FAULT_ACTIONS:
+            raise ValueError(f"fault action must be one of {', '.join(FAULT_ACTIONS)}, not {self.action!r}")
         if self.on_try < 0:
             raise ValueError("fault on_try must be 0 (every time) or a try number from 1")
 
@@ -82,6 +114,8 @@ class DeviceSpec:
     setup_assistant: bool = True  # still in Setup Assistant: pairs without a trust dialog
     passcode: bool = False  # a set-up device with a passcode refuses pairing and services
     supervised_by: str | None = None  # organisation already holding a cloud configuration
+    configuration_supervised: bool = True  # whether that configuration supervises the device (IsSupervised)
+    allow_pairing: bool = True  # that configuration's AllowPairing: false makes a set-up device refuse new hosts
     supervisor_certificates: list[bytes] = field(default_factory=list)  # DER, of the supervising organisation
     dep: DepAssignment | None = None
     activation_locked: bool = False
@@ -89,6 +123,7 @@ class DeviceSpec:
     trust_dialog_accepts: bool = False  # the person taps "Trust" on a set-up device
     profiles: list[bytes] = field(default_factory=list)  # .mobileconfig payloads installed at start
     latency: Latency = field(default_factory=Latency)
+    behaviour: Behaviour = field(default_factory=Behaviour)
     faults: list[Fault] = field(default_factory=list)
     detach_after: float | None = None  # unplug itself this many seconds after its first attach
 
@@ -165,7 +200,7 @@ class VirtualDevice:
         if spec.supervised_by:
             self.cloud_configuration = supervised_cloud_configuration(
                 spec.supervised_by, spec.supervisor_certificates
-            )
+            ) | {"IsSupervised": spec.configuration_supervised, "AllowPairing": spec.allow_pairing}
         self.profiles: dict[str, bytes] = {profile_identifier(p): p for p in spec.profiles}
         self.pending_profiles: dict[str, bytes] = {}  # installed without supervision: waiting for a tap on the device
         self.stored_profile: bytes | None = None

@@ -29,16 +29,6 @@ SERVICE_CLASSES = {
 FIRST_SERVICE_PORT = 49152
 
 
-def parse_usbmux_address(address: str) -> tuple[str, str | tuple[str, int]]:
-    """Accept the three spellings clients use: '/path', 'UNIX:/path', 'host:port'."""
-    if address.upper().startswith("UNIX:"):
-        return "unix", address[5:]
-    if address.startswith("/") or ":" not in address:
-        return "unix", address
-    host, port = parse_address(address)
-    return "tcp", (host, port)
-
-
 class Emulator:
     """Run with `async with Emulator(...) as emulator:`; every public method runs on the emulator's event loop.
 

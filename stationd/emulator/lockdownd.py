@@ -42,7 +42,7 @@ class LockdownConnection(DeviceService):
         return reply
 
     def busy(self, request: str) -> dict[str, Any]:
-        return {"Request": request, "Error": "InternalError"}
+        return {"Request": request, "Error": "ServiceLimit"}
 
     def unknown(self, request: str) -> dict[str, Any]:
         return {"Request": request, "Error": "InvalidRequest"}
@@ -82,7 +82,8 @@ class LockdownConnection(DeviceService):
             return {"Error": "SetProhibited"}
         key, value = message.get("Key"), message.get("Value")
         if key == "DeviceName" and isinstance(value, str) and value:
-            self.device.device_name = value
+            if self.device.spec.behaviour.set_value == "apply":
+                self.device.device_name = value
             return {"Key": key}
         if key == "ActivationStateAcknowledged":
             return {"Key": key}
@@ -112,6 +113,8 @@ class LockdownConnection(DeviceService):
             return {"Error": "MCChallengeRequired", "ExtendedResponse": {"PairingChallenge": self.challenge}}
         if self.device.setup_assistant:
             return self._accept_pair(record)
+        if self.device.cloud_configuration and self.device.cloud_configuration.get("AllowPairing") is False:
+            return {"Error": "MCProtected"}
         if self.device.spec.passcode:
             return {"Error": "PasswordProtected"}
         if self.device.spec.trust_dialog_accepts:

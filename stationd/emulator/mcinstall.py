@@ -7,12 +7,13 @@ import plistlib
 from typing import TYPE_CHECKING, Any
 
 from stationd.emulator.pkcs7 import SignatureInvalid, verify_signed_challenge
-from stationd.emulator.service import DeviceService
+from stationd.emulator.service import CloseConnection, DeviceService
 
 if TYPE_CHECKING:
     pass
 
 # Error codes of the MCInstall / MCCloudConfiguration domains as devices report them.
+SETUP_FINISHED = 14001
 CLOUD_CONFIGURATION_ALREADY_PRESENT = 14002
 CLOUD_CONFIGURATION_NOT_AVAILABLE = 33001
 NO_NETWORK = 33002
@@ -84,10 +85,7 @@ class MCInstallConnection(DeviceService):
         return "ok" if reply.get("Status") == "Acknowledged" else str(reply["ErrorChain"][0]["ErrorCode"])
 
     async def after(self, request: str, reply: dict[str, Any]) -> bool:
-        if request == "EraseDevice" and reply.get("Status") == "Acknowledged":
-            self.emulator.erase(self.device)
-            return False
-        return True
+        return not (request == "EraseDevice" and reply.get("Status") == "Acknowledged")
 
     @staticmethod
     def ok(**values: Any) -> dict[str, Any]:
@@ -199,11 +197,7 @@ class MCInstallConnection(DeviceService):
         if not isinstance(configuration, dict):
             return error(INVALID_REQUEST, "MCCloudConfigErrorDomain", "CloudConfiguration is not a dictionary.")
         if not self.device.setup_assistant:
-            return error(
-                CLOUD_CONFIGURATION_ALREADY_PRESENT,
-                "MCCloudConfigErrorDomain",
-                "The device has finished Setup Assistant; erase it first.",
-            )
+            return error(SETUP_FINISHED, "MCCloudConfigErrorDomain", "The device has finished Setup Assistant.")
         applied = dict(configuration)
         if not applied.get("ConfigurationURL"):
             applied["ConfigurationWasApplied"] = True
@@ -211,22 +205,30 @@ class MCInstallConnection(DeviceService):
         return self.ok()
 
     async def do_DownloadAndApplyCloudConfiguration(self, message: dict[str, Any]) -> dict[str, Any]:
-        dep = self.device.spec.dep
+        dep, behaviour = self.device.spec.dep, self.device.spec.behaviour
         if not self.device.has_network:
             return error(NO_NETWORK, "MCCloudConfigErrorDomain", "The device has no network connection.")
-        if dep is None:
-            return error(
-                CLOUD_CONFIGURATION_NOT_AVAILABLE,
-                "MCCloudConfigErrorDomain",
-                "The configuration for your iPad is not available.",
-            )
-        if self.device.cloud_configuration and self.device.cloud_configuration.get("ConfigurationSource") != 1:
+        if self.device.cloud_configuration and behaviour.dep_present == "error":
             return error(
                 CLOUD_CONFIGURATION_ALREADY_PRESENT,
                 "MCCloudConfigErrorDomain",
                 "The cloud configuration is already present.",
             )
-        self.device.cloud_configuration = dep_cloud_configuration(dep)
+        if dep is None:
+            if behaviour.dep_unassigned == "silent":
+                return self.ok()
+            return error(
+                CLOUD_CONFIGURATION_NOT_AVAILABLE,
+                "MCCloudConfigErrorDomain",
+                "The configuration for your iPad is not available.",
+            )
+        if self.device.cloud_configuration and self.device.cloud_configuration.get("OrganizationName") != dep.organization:
+            return error(
+                CLOUD_CONFIGURATION_ALREADY_PRESENT,
+                "MCCloudConfigErrorDomain",
+                "The cloud configuration is already present.",
+            )
+        self.device.cloud_configuration = dep_cloud_configuration(dep, behaviour.dep_source)
         return self.ok()
 
     async def do_EstablishProvisionalEnrollment(self, message: dict[str, Any]) -> dict[str, Any]:
@@ -243,15 +245,20 @@ class MCInstallConnection(DeviceService):
     async def do_EraseDevice(self, message: dict[str, Any]) -> dict[str, Any]:
         if self.device.spec.passcode and not self.device.setup_assistant:
             return error(INVALID_REQUEST, "MCInstallationErrorDomain", "The device is locked with a passcode.")
+        self.emulator.erase(self.device)
+        if self.device.spec.behaviour.erase_reply == "drop":
+            # It acts on the request, but the link drops before the reply leaves (inferred as plausible).
+            raise CloseConnection("erasing; reply dropped")
         return self.ok()
 
 
-def dep_cloud_configuration(dep: Any) -> dict[str, Any]:
-    """The cloud configuration Apple hands a device that is assigned to an MDM (source 1: downloaded)."""
+def dep_cloud_configuration(dep: Any, source: int = 1) -> dict[str, Any]:
+    """The cloud configuration Apple hands a device that is assigned to an MDM (`source`: its ConfigurationSource,
+    1 or 0: which one real iPads report is not documented)."""
     return {
         "AllowPairing": True,
         "CloudConfigurationUIComplete": False,
-        "ConfigurationSource": 1,
+        "ConfigurationSource": source,
         "ConfigurationURL": dep.mdm_url,
         "ConfigurationWasApplied": True,
         "IsMDMUnremovable": True,

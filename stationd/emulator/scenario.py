@@ -18,6 +18,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from stationd.emulator.device import (
+    FAULT_ACTIONS,
+    Behaviour,
     DepAssignment,
     DeviceSpec,
     Fault,
@@ -156,6 +158,16 @@ def _latency(value: Any, key: str, base: Path | None) -> Latency:
     return Latency(**{name: _seconds(v, f"{key}.{name}") for name, v in table.items()})
 
 
+def _behaviour(value: Any, key: str, base: Path | None) -> Behaviour:
+    table = _table(value, key, Behaviour.CHOICES)
+    for name, given in table.items():
+        choices = Behaviour.CHOICES[name]
+        if isinstance(given, bool) or given not in choices:
+            shown = " or ".join(f'"{c}"' if isinstance(c, str) else str(c) for c in choices)
+            raise ScenarioError(f"must be {shown}", f"{key}.{name}")
+    return Behaviour(**table)
+
+
 def _faults(value: Any, key: str, base: Path | None) -> list[Fault]:
     faults = []
     for i, item in enumerate(_list(value, key)):
@@ -164,8 +176,8 @@ def _faults(value: Any, key: str, base: Path | None) -> list[Fault]:
         if "request" not in table:
             raise ScenarioError('is missing; name the request to misbehave on, e.g. "StartSession"', f"{where}.request")
         action = table.get("action", "drop")
-        if action not in ("drop", "error", "hang"):
-            raise ScenarioError(f"must be drop, error or hang, not {action!r}", f"{where}.action")
+        if action not in FAULT_ACTIONS:
+            raise ScenarioError(f"must be one of {', '.join(FAULT_ACTIONS)}, not {action!r}", f"{where}.action")
         faults.append(
             Fault(
                 request=_string(table["request"], f"{where}.request"),
@@ -218,6 +230,8 @@ CONVERTERS: dict[str, Callable[[Any, str, Path | None], Any]] = {
     "setup_assistant": _plain(_boolean),
     "passcode": _plain(_boolean),
     "supervised_by": _plain(_string),
+    "configuration_supervised": _plain(_boolean),
+    "allow_pairing": _plain(_boolean),
     "supervisor_certificates": _certificates,
     "supervisor_certificate": _certificate,
     "dep": _dep,
@@ -226,6 +240,7 @@ CONVERTERS: dict[str, Callable[[Any, str, Path | None], Any]] = {
     "trust_dialog_accepts": _plain(_boolean),
     "profiles": _profiles,
     "latency": _latency,
+    "behaviour": _behaviour,
     "faults": _faults,
     "detach_after": _plain(_seconds),
 }
@@ -341,8 +356,9 @@ def _expand(
             if key in table:
                 raise ScenarioError(f"count = {count} would give every device the same {key}; drop one of them", key)
     raw = defaults | {k: v for k, v in table.items() if k != "count"}
-    if isinstance(defaults.get("latency"), dict) and isinstance(table.get("latency"), dict):
-        raw["latency"] = defaults["latency"] | table["latency"]
+    for merged in ("latency", "behaviour"):
+        if isinstance(defaults.get(merged), dict) and isinstance(table.get(merged), dict):
+            raw[merged] = defaults[merged] | table[merged]
     return [build_spec(raw, first + i, seed, base) for i in range(count)]
 
 

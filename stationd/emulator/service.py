@@ -12,6 +12,10 @@ if TYPE_CHECKING:
     from stationd.emulator.emulator import Emulator
 
 
+class CloseConnection(Exception):
+    """A handler ends the connection without a reply (the reason goes to the request log)."""
+
+
 class DeviceService:
     """One host connection to one device service. Subclasses name their request key and their error replies."""
 
@@ -29,7 +33,7 @@ class DeviceService:
             message = await read_plist(self.reader)
             request = str(message.get(self.key, ""))
             fault = self.device.fault_for(request)
-            if fault is not None:
+            if fault is not None and fault.action != "drop_reply":
                 self.device.log(self.channel, request, f"fault:{fault.action}")
                 if fault.action == "drop":
                     return
@@ -38,7 +42,15 @@ class DeviceService:
                 await self.send(self.busy(request))
                 continue
             handler = getattr(self, "do_" + request, None)
-            reply = self.complete(request, await handler(message) if handler is not None else self.unknown(request))
+            try:
+                answer = await handler(message) if handler is not None else self.unknown(request)
+            except CloseConnection as closed:
+                self.device.log(self.channel, request, f"closed:{closed}")
+                return
+            reply = self.complete(request, answer)
+            if fault is not None:  # drop_reply: the request took effect, its reply is lost with the link
+                self.device.log(self.channel, request, f"fault:{fault.action}:{self.outcome(reply)}")
+                return
             self.device.log(self.channel, request, self.outcome(reply))
             await self.send(reply)
             if not await self.after(request, reply):

@@ -5,18 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import plistlib
 import socket
 from typing import TYPE_CHECKING, Any
 
-from stationd.emulator.wire import (
-    USBMUX_MSG_PLIST,
-    USBMUX_VERSION_PLIST,
-    WireError,
-    read_usbmux_packet,
-    usbmux_binary_result,
-    usbmux_packet,
-)
+from stationd.usbmux import packet
 
 if TYPE_CHECKING:
     from stationd.emulator.device import VirtualDevice
@@ -56,7 +48,7 @@ class UsbmuxClient:
         self.listening = False
 
     def send(self, tag: int, body: dict[str, Any]) -> None:
-        self.writer.write(usbmux_packet(tag, body))
+        self.writer.write(packet.encode(tag, body))
 
     def result(self, tag: int, number: int) -> None:
         self.send(tag, {"MessageType": "Result", "Number": number})
@@ -64,22 +56,22 @@ class UsbmuxClient:
     async def serve(self) -> None:
         try:
             while True:
-                version, message_type, tag, payload = await read_usbmux_packet(self.reader)
-                if version != USBMUX_VERSION_PLIST or message_type != USBMUX_MSG_PLIST:
-                    self.writer.write(usbmux_binary_result(tag, RESULT_BADVERSION))
+                received = await packet.read(self.reader.readexactly)
+                if not received.is_plist:
+                    self.writer.write(packet.encode_binary_result(received.tag, RESULT_BADVERSION))
                     await self.writer.drain()
                     continue
                 try:
-                    request = plistlib.loads(payload)
-                except Exception:
-                    self.result(tag, RESULT_BADCOMMAND)
+                    request = received.message()
+                except packet.PacketError:
+                    self.result(received.tag, RESULT_BADCOMMAND)
                     await self.writer.drain()
                     continue
-                handed_over = await self.handle(tag, request)
+                handed_over = await self.handle(received.tag, request)
                 if handed_over:
                     return
                 await self.writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError, WireError):
+        except (asyncio.IncompleteReadError, ConnectionError, packet.PacketError):
             return
         finally:
             if self.listening:

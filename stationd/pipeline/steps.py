@@ -11,18 +11,21 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from stationd import outbound
+from stationd.device import pairing_known
+from stationd.usbmux import UsbmuxAddress
 from stationd.errors import (
     ConfigurationError,
-    DepAssignedElsewhere,
     EnrollmentInvalid,
     EnrollmentUnavailable,
-    StationError,
+    EraseNotStarted,
 )
+from stationd.pipeline import verdicts
 from stationd.profiles import ProfileInvalid, payload_types, validate_profile
 from stationd.redact import redact_url
 
 if TYPE_CHECKING:
     from stationd.pipeline.worker import StepContext
+    from stationd.store import JobRecord
 
 
 @dataclass
@@ -33,60 +36,73 @@ class Outcome:
     await_reattach: bool = False
 
 
-class EraseNotStarted(StationError):
-    code = "erase_not_started"
-
-
 async def identify(ctx: StepContext) -> Outcome:
     facts = ctx.facts
     return Outcome({"serial": facts.serial, "product_type": facts.product_type, "version": facts.product_version})
 
 
-async def looks_wiped(ctx: StepContext) -> bool:
-    """An erased iPad is back in Setup Assistant unactivated with no cloud configuration."""
-    return ctx.facts.activation_state == "Unactivated" and not await ctx.session.cloud_configuration()
+async def erase_proven(udid: str, job: JobRecord, usbmux_address: UsbmuxAddress) -> bool:
+    """Whether the erase this job requested has happened, judged before anything pairs with the iPad again.
+
+    Proof of wipe: the iPad no longer holds the pairing the request was sent over (an erase forgets every
+    pairing; the station pairs with a new HostID each time, so no later pairing can stand in for it). A fresh
+    iPad looks wiped in every other way (unactivated, no configuration), and an iPad that acknowledged
+    EraseDevice but has not gone down yet still holds that pairing, so neither can pass for erased."""
+    saved = job.step_data.get("erase") or {}
+    if "erase" in job.completed_steps or not saved.get("pairing"):
+        return False
+    return not await pairing_known(udid, saved["pairing"], usbmux_address=usbmux_address)
 
 
 async def erase(ctx: StepContext) -> Outcome:
     """Erase once per job.
 
-    The request is written ahead of sending it, and an erase counts as started only when the iPad detaches: after a
-    crash, or a request the iPad dropped, the station waits `timeouts.erase_start` for the iPad to go away and come
-    back wiped, and sends the request again only if the iPad stayed, unchanged. It is never erased twice.
+    The request is written ahead of sending it, with the pairing it goes over. Once the iPad has forgotten that
+    pairing it has erased (`erase_proven`, checked by the worker before it pairs again). While it still holds it,
+    the iPad has not erased: it gets `timeouts.erase_start` to go down, then the request again (bounded by
+    `timeouts.retries`). So an iPad is never erased twice, and never counted as erased when it was not.
     """
     saved = ctx.job.step_data.get("erase", {})
-    if saved.get("requested_at"):
-        if await looks_wiped(ctx):
-            return Outcome({"confirmed": True})
+    if saved.get("pairing"):
         if time.time() - saved["requested_at"] < ctx.config.timeouts.erase_start:
             return Outcome(await_reattach=True)
         resends = saved.get("resends", 0) + 1
         if resends > ctx.config.timeouts.retries:
             raise EraseNotStarted(
-                "The iPad accepted the erase request but never started erasing. Erase it by hand (Settings > "
-                "General > Transfer or Reset iPad > Erase All Content and Settings), then replug it."
+                f"iPad {ctx.facts.serial} accepted the erase request {resends} times but never erased. Erase it by "
+                "hand (Settings › General › Transfer or Reset iPad › Erase All Content and Settings), then replug it."
             )
         await ctx.checkpoint("erase", {"resends": resends, "requested_at": time.time(), "sent": False})
     else:
-        await ctx.checkpoint("erase", {"requested_at": time.time()})
-    await ctx.session.erase()
+        await ctx.checkpoint("erase", {"requested_at": time.time(), "pairing": ctx.session.pairing, "sent": False})
+    await ctx.session.mc.erase()
     await ctx.checkpoint("erase", {"sent": True})
     return Outcome(await_reattach=True)
 
 
 async def activate(ctx: StepContext) -> Outcome:
-    if await ctx.session.activation_state() == "Activated":
-        return Outcome({"activated": True})
-    await ctx.session.activate(ctx.http, ctx.config.activation.url)
-    return Outcome({"activated": True})
+    state = await ctx.session.activate(ctx.http, ctx.config.activation.url)
+    return Outcome({"activation_state": state})
+
+
+def _erased(ctx: StepContext) -> bool:
+    return "erase" in ctx.job.completed_steps and bool(ctx.job.step_data.get("erase", {}).get("confirmed"))
 
 
 async def supervise(ctx: StepContext) -> Outcome:
-    steps = ctx.config.steps
-    await ctx.session.supervise(
-        ctx.config.organization.name, list(steps.skip_setup), language=steps.language, region=steps.region
+    steps, organization = ctx.config.steps, ctx.config.organization.name
+    configuration = await ctx.session.mc.supervise(
+        organization, list(steps.skip_setup), language=steps.language, region=steps.region
     )
-    return Outcome({"organization": ctx.config.organization.name})
+    verdicts.judge_supervision(
+        configuration,
+        organization=organization,
+        certificate_der=ctx.identity_certificate,
+        serial=ctx.facts.serial,
+        erased=_erased(ctx),
+        dep_url=ctx.config.enrollment.dep_url,
+    )
+    return Outcome({"organization": configuration.get("OrganizationName")})
 
 
 def _profile(data: bytes, source: str) -> dict[str, Any]:
@@ -107,7 +123,7 @@ async def wifi(ctx: StepContext) -> Outcome:
     profile = _profile(data, source)
     # In DEP mode Wi-Fi comes before supervision (the iPad needs it to reach Apple): installed while still in
     # Setup Assistant, where no prompt is shown.
-    await ctx.session.install_profile(data, silent=ctx.config.enrollment.mode != "dep")
+    await ctx.session.mc.install_profile(data, silent=ctx.config.enrollment.mode != "dep")
     return Outcome({"profile": profile.get("PayloadIdentifier")})
 
 
@@ -119,7 +135,7 @@ async def profiles(ctx: StepContext) -> Outcome:
         except OSError as e:
             raise ConfigurationError(f"cannot read the profile {path}: {e.strerror}") from e
         profile = _profile(data, str(path))
-        await ctx.session.install_profile(data)
+        await ctx.session.mc.install_profile(data)
         installed.append(profile.get("PayloadIdentifier"))
     return Outcome({"installed": installed})
 
@@ -134,7 +150,7 @@ async def fetch_enrollment_profile(http: httpx.AsyncClient, url: str) -> bytes:
     except outbound.OutboundError as e:
         raise EnrollmentInvalid(f"The enrollment URL cannot be used: {e}. Check enrollment.url.") from e
     if response.status_code >= 500:
-        raise EnrollmentUnavailable(f"The enrollment URL {shown} answered {response.status_code}; retrying.")
+        raise EnrollmentUnavailable(f"The enrollment URL {shown} answered {response.status_code}: the MDM is having trouble.")
     if response.status_code != 200:
         raise EnrollmentInvalid(
             f"The enrollment URL answered {response.status_code}: check enrollment.url against the MDM's "
@@ -157,20 +173,19 @@ async def fetch_enrollment_profile(http: httpx.AsyncClient, url: str) -> bytes:
 
 async def enroll(ctx: StepContext) -> Outcome:
     if ctx.config.enrollment.mode == "dep":
-        await ctx.session.download_cloud_configuration()
-        configuration = await ctx.session.cloud_configuration()
-        organization = configuration.get("OrganizationName")
-        if organization != ctx.config.organization.name:
-            raise DepAssignedElsewhere(
-                f"Serial {ctx.facts.serial} is assigned to another organisation's MDM in Apple School/Business "
-                f"Manager ({organization or 'unknown'}): ask them to release serial {ctx.facts.serial}."
-            )
-        return Outcome({"mode": "dep", "organization": organization})
+        configuration = await ctx.session.mc.download_cloud_configuration()
+        verdicts.judge_dep(
+            configuration,
+            organization=ctx.config.organization.name,
+            certificate_der=ctx.identity_certificate if "profiles" in ctx.plan else None,
+            serial=ctx.facts.serial,
+            dep_url=ctx.config.enrollment.dep_url,
+        )
+        return Outcome({"mode": "dep", "organization": configuration.get("OrganizationName")})
     url = ctx.config.enrollment.url or ""
     data = await fetch_enrollment_profile(ctx.http, url)
-    if await ctx.session.stored_profile() != data:
-        await ctx.session.store_enrollment_profile(data)
-    return Outcome({"mode": "url", "url": redact_url(url)})
+    await ctx.session.mc.store_enrollment_profile(data)
+    return Outcome({"mode": "url"})
 
 
 async def name(ctx: StepContext) -> Outcome:

@@ -18,8 +18,8 @@ import structlog
 
 from stationd.config import Config
 from stationd.device import DeviceFacts, DeviceSession
-from stationd.errors import DeviceGone, StationError, StepTimeout
-from stationd.pipeline.steps import STEP_FUNCTIONS, Outcome
+from stationd.errors import DeviceGone, EraseTimeout, InternalError, StationError, StepTimeout
+from stationd.pipeline.steps import STEP_FUNCTIONS, Outcome, erase_proven
 from stationd.store import JobRecord
 
 if TYPE_CHECKING:
@@ -46,6 +46,16 @@ class StepContext:
     @property
     def http(self) -> httpx.AsyncClient:
         return self.station.http
+
+    @property
+    def plan(self) -> list[str]:
+        return self.station.plan
+
+    @property
+    def identity_certificate(self) -> bytes:
+        """Our supervision certificate (DER); the session refuses to supervise without an identity first."""
+        identity = self.station.identity
+        return identity.certificate_der if identity is not None else b""
 
     async def checkpoint(self, step: str, data: dict[str, Any]) -> None:
         """Persist step data before acting on it (write-ahead), e.g. that an erase is about to be sent."""
@@ -99,8 +109,12 @@ class DeviceWorker:
             while True:
                 await self._wait_attached()
                 self.wake = anyio.Event()
-                job = await self.station.job_for(self.udid)
-                result = "idle" if job is None else await self._attempt(job)
+                try:
+                    job = await self.station.job_for(self.udid)
+                    result = "idle" if job is None else await self._attempt(job)
+                except Exception:  # e.g. the database refused a write: this iPad waits, the others carry on
+                    self.log.exception("device.worker_error")
+                    result = "failed"
                 if result in ("idle", "done", "failed"):
                     await self.wake.wait()
                 elif result == "waiting":
@@ -133,7 +147,7 @@ class DeviceWorker:
                 state="failed",
                 step="erase",
                 job_status="failed",
-                error_code="erase_timeout",
+                error_code=EraseTimeout.code,
                 error_message="The iPad did not come back after erasing. Check its screen; when it shows Hello, "
                 "replug it.",
             )
@@ -160,8 +174,9 @@ class DeviceWorker:
     async def _sessions(self, job: JobRecord) -> str:
         """Open sessions until the job ends, retrying transient failures with backoff.
 
-        The retry budget (`timeouts.retries` per step) starts afresh each time the iPad is plugged in or retried:
-        tries from before stay in the job's attempts, for the record."""
+        The retry budget (`timeouts.retries` per step, or fewer for an error that caps it) starts afresh each time
+        the iPad is plugged in or retried: tries from before stay in the job's attempts, for the record. Anything
+        else that escapes a step (a bug) fails this iPad alone as `internal_error`; every other iPad carries on."""
         station = self.station
         step = "identify"
         before = dict(job.attempts)
@@ -171,44 +186,64 @@ class DeviceWorker:
             except StationError as e:
                 if isinstance(e, DeviceGone):
                     raise
-                job = await station.current(job)
+                error = e
+            except Exception as e:  # the failure boundary of one iPad; cancellation is a BaseException
                 step = station.running_step.get(self.udid, step)
-                tries = job.attempts.get(step, 0) - before.get(step, 0) + 1
-                if e.transient and tries <= station.config.timeouts.retries:
-                    delay = station.backoff_delay(tries)
-                    job = await station.transition(
-                        self.udid,
-                        job,
-                        "step.retrying",
-                        state=step,
-                        step=step,
-                        attempt_step=step,
-                        error_code=e.code,
-                        error_message=str(e),
-                        data={"try": tries, "delay": delay},
-                    )
-                    self.log.warning("step.retrying", step=step, error=e.code, delay=delay)
-                    await anyio.sleep(delay)
-                    continue
-                await station.transition(
+                self.log.exception("step.crashed", step=step)
+                error = InternalError(
+                    f"The station hit an internal error in the {step} step ({type(e).__name__}); the details are in "
+                    "the station's log (journalctl -u stationd, or the terminal running it). Replug the iPad to try "
+                    "again."
+                )
+            job = await station.current(job)
+            step = station.running_step.get(self.udid, step)
+            tries = job.attempts.get(step, 0) - before.get(step, 0) + 1
+            allowed = station.config.timeouts.retries
+            if error.retries is not None:
+                allowed = min(allowed, error.retries)
+            if error.transient and tries <= allowed:
+                delay = station.backoff_delay(tries)
+                job = await station.transition(
                     self.udid,
                     job,
-                    "step.failed",
-                    state="failed",
+                    "step.retrying",
+                    state=step,
                     step=step,
                     attempt_step=step,
-                    job_status="failed",
-                    error_code=e.code,
-                    error_message=str(e),
+                    error_code=error.code,
+                    error_message=str(error),
+                    data={"try": tries, "delay": delay},
                 )
-                self.log.error("step.failed", step=step, error=e.code, message=str(e))
-                return "failed"
+                self.log.warning("step.retrying", step=step, error=error.code, delay=delay)
+                await anyio.sleep(delay)
+                continue
+            message = str(error)
+            if error.transient:
+                message += f" The station tried {tries} times; replug the iPad to try again."
+            await station.transition(
+                self.udid,
+                job,
+                "step.failed",
+                state="failed",
+                step=step,
+                attempt_step=step,
+                job_status="failed",
+                error_code=error.code,
+                error_message=message,
+            )
+            self.log.error("step.failed", step=step, error=error.code, message=message)
+            return "failed"
 
     async def _steps(self, job: JobRecord) -> str:
         station = self.station
         station.running_step[self.udid] = "identify"
         async with contextlib.AsyncExitStack() as stack:
             with _timeout("identify", station.config.timeouts.identify):
+                if await erase_proven(self.udid, job, station.usbmux):
+                    job = await station.transition(
+                        self.udid, job, "step.finished", state="erase", step="erase", completed_step="erase",
+                        step_data={"erase": {"confirmed": True, "proof": "pairing forgotten"}},
+                    )
                 session = await stack.enter_async_context(station.open_session(self.udid))
                 facts = await session.facts()
             await station.store.upsert_device(
@@ -270,4 +305,4 @@ class _timeout:
         try:
             return bool(self.scope.__exit__(exc_type, exc, tb))
         except TimeoutError as e:
-            raise StepTimeout(f"The step {self.step} took longer than {self.seconds:g} s; retrying.") from e
+            raise StepTimeout(f"The {self.step} step took longer than {self.seconds:g} s.") from e

@@ -3,33 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
-import plistlib
 import random
-import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 import structlog
-from anyio.abc import ByteStream
-from anyio.streams.buffered import BufferedByteReceiveStream
 
-from stationd.usb.address import resolve_usbmux_address
+from stationd.usbmux.address import resolve
+from stationd.usbmux.client import LINK_ERRORS, UsbmuxConnection, UsbmuxError
+from stationd.usbmux.packet import PacketError
 
 log = structlog.get_logger(__name__)
 
-HEADER = struct.Struct("<IIII")  # length (including the header), version, message type, tag
-VERSION_PLIST = 1
-MESSAGE_PLIST = 8
-MAX_PACKET = 4 * 1024 * 1024
 HANDSHAKE_TIMEOUT = 5.0
-LISTEN = {"MessageType": "Listen", "ClientVersionString": "stationd", "ProgName": "stationd", "kLibUSBMuxVersion": 3}
-LINK_ERRORS = (OSError, anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError)
-
-
-class UsbmuxProtocolError(Exception):
-    """usbmuxd sent bytes that are not a valid plist-protocol packet, or refused Listen."""
 
 
 @dataclass(frozen=True)
@@ -45,46 +33,6 @@ class UsbEvent:
     properties: dict[str, Any] = field(default_factory=dict)
 
 
-class _MuxConnection:
-    """One framed plist-protocol connection to usbmuxd."""
-
-    def __init__(self, stream: ByteStream) -> None:
-        self.stream = stream
-        self.buffer = BufferedByteReceiveStream(stream)
-        self.tag = 0
-
-    async def send(self, message: dict[str, Any]) -> int:
-        self.tag += 1
-        payload = plistlib.dumps(message)
-        header = HEADER.pack(HEADER.size + len(payload), VERSION_PLIST, MESSAGE_PLIST, self.tag)
-        await self.stream.send(header + payload)
-        return self.tag
-
-    async def receive(self) -> tuple[int, dict[str, Any]]:
-        length, version, message_type, tag = HEADER.unpack(await self.buffer.receive_exactly(HEADER.size))
-        if not HEADER.size <= length <= MAX_PACKET:
-            raise UsbmuxProtocolError(f"packet length {length}")
-        if (version, message_type) != (VERSION_PLIST, MESSAGE_PLIST):
-            raise UsbmuxProtocolError(f"packet version {version} type {message_type}, expected a plist packet")
-        payload = await self.buffer.receive_exactly(length - HEADER.size)
-        try:
-            message = plistlib.loads(payload)
-        except Exception as e:
-            raise UsbmuxProtocolError(f"payload is not a plist: {payload[:32]!r}") from e
-        if not isinstance(message, dict):
-            raise UsbmuxProtocolError("payload is a plist but not a dictionary")
-        return tag, message
-
-    async def listen(self) -> None:
-        tag = await self.send(LISTEN)
-        reply_tag, reply = await self.receive()
-        if reply_tag != tag or reply.get("MessageType") != "Result":
-            got = f"{reply.get('MessageType')!r} with tag {reply_tag}"
-            raise UsbmuxProtocolError(f"expected the Result with tag {tag}, got {got}")
-        if reply.get("Number") != 0:
-            raise UsbmuxProtocolError(f"Listen refused with result {reply.get('Number')!r}")
-
-
 class UsbWatcher:
     """Turn usbmuxd's Listen notifications into `UsbEvent`s, reconnecting for ever; one consumer per watcher."""
 
@@ -97,7 +45,7 @@ class UsbWatcher:
         sleep: Callable[[float], Awaitable[Any]] = anyio.sleep,
         jitter: Callable[[], float] = random.random,
     ) -> None:
-        self.kind, self.target = resolve_usbmux_address(address)
+        self.usbmux = resolve(address)
         self.usb_only = usb_only
         self.backoff = backoff
         self._sleep = sleep
@@ -108,10 +56,7 @@ class UsbWatcher:
     @property
     def address(self) -> str:
         """The resolved address, for logs: a socket path or host:port."""
-        if self.kind == "unix":
-            return str(self.target)
-        host, port = self.target  # type: ignore[misc]
-        return f"{host}:{port}"
+        return str(self.usbmux)
 
     def attached(self) -> dict[str, UsbEvent]:
         """The devices attached now, by UDID (a USB attachment wins over a network one)."""
@@ -133,7 +78,7 @@ class UsbWatcher:
                         event = self._handle(*await mux.receive())
                         if event is not None:
                             yield event
-            except UsbmuxProtocolError as e:
+            except (PacketError, UsbmuxError) as e:
                 log.warning("usbmuxd.protocol_error", address=self.address, error=str(e))
             except LINK_ERRORS as e:
                 if up is not False:
@@ -148,18 +93,13 @@ class UsbWatcher:
             await self._sleep(pause)
             delay = min(self.backoff[1], delay * 2)
 
-    async def _connect(self) -> _MuxConnection:
+    async def _connect(self) -> UsbmuxConnection:
         with anyio.fail_after(HANDSHAKE_TIMEOUT):
-            if self.kind == "unix":
-                stream: ByteStream = await anyio.connect_unix(str(self.target))
-            else:
-                host, port = self.target  # type: ignore[misc]
-                stream = await anyio.connect_tcp(host, port)
-            mux = _MuxConnection(stream)
+            mux = await UsbmuxConnection.open(self.usbmux)
             try:
                 await mux.listen()
             except BaseException:
-                await anyio.aclose_forcefully(stream)
+                await anyio.aclose_forcefully(mux.stream)
                 raise
         return mux
 
