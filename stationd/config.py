@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import ipaddress
 import json
@@ -413,8 +414,9 @@ def _plugin_problems(config: Config) -> list[str]:
 
     unused = unused_settings(config.plugins)
     problems = [f'warning: [plugins.{name}] is ignored: add "{name}" to plugins.enabled' for name in unused]
+    used = {name: table for name, table in config.plugins.settings.items() if name not in unused}
     try:
-        PluginHost(config.plugins, config.station.id, ports=config.ports)
+        PluginHost(dataclasses.replace(config.plugins, settings=used), config.station.id, ports=config.ports)
     except PluginError as error:
         problems.append(f"error: {error}")
     return problems
