@@ -111,7 +111,7 @@ class Station:
                 assert self._tasks is not None
                 self._tasks.start_soon(worker.run, name=f"device {usb.udid}")
             label = self.config.ports.label(usb.location_id)
-            worker.on_attached(usb.location_id, label)
+            worker.on_attached(usb.location_id, label, usb.device_id)
             self._tasks.start_soon(self._attached_event, usb.udid, usb.location_id, label)  # type: ignore[union-attr]
         elif usb.kind == "detached" and usb.udid in self.workers:
             self.workers[usb.udid].on_detached()
@@ -230,8 +230,10 @@ class Station:
             worker.nudge()
 
     # -- helpers the workers use ----------------------------------------------------------------------------------
-    def open_session(self, udid: str) -> DeviceSession:
-        return DeviceSession(udid, usbmux_address=self.usbmux, pair_records=self.pair_records, identity=self.identity)
+    def open_session(self, udid: str, device_id: int | None = None) -> DeviceSession:
+        return DeviceSession(
+            udid, usbmux_address=self.usbmux, pair_records=self.pair_records, identity=self.identity, device_id=device_id
+        )
 
     def step_timeout(self, step: str) -> float:
         return float(getattr(self.config.timeouts, STEP_TIMEOUT_FIELDS.get(step, step)))

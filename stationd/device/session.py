@@ -14,10 +14,10 @@ from typing import Any, Protocol
 
 import httpx
 from pymobiledevice3 import usbmux
-from pymobiledevice3.lockdown import LockdownClient, create_using_usbmux
-from pymobiledevice3.service_connection import ServiceConnection
+from pymobiledevice3.lockdown import LockdownClient
 
 from stationd import errors
+from stationd.device import lockdown as connection
 from stationd.device import pairing, translate
 from stationd.device.activation import activate_device
 from stationd.device.mcinstall import MCInstall
@@ -25,7 +25,6 @@ from stationd.device.translate import ERASE_HINT, Subject
 from stationd.usbmux.address import UsbmuxAddress, resolve
 
 ACTIVATED = ("Activated", "FactoryActivated")
-LOCKDOWN_PORT = 62078
 
 
 class SupervisorIdentity(Protocol):
@@ -79,9 +78,11 @@ class DeviceSession:
         usbmux_address: UsbmuxAddress | str | None,
         pair_records: Path,
         identity: SupervisorIdentity | None,
+        device_id: int | None = None,
         label: str = "stationd",
     ) -> None:
         self.udid = udid
+        self.device_id = device_id  # usbmuxd's DeviceID for this attachment, when the watcher reported it
         self.address = usbmux_address if isinstance(usbmux_address, UsbmuxAddress) else resolve(usbmux_address)
         self.pair_records = Path(pair_records)
         self.identity = identity
@@ -93,13 +94,7 @@ class DeviceSession:
     # -- connection -----------------------------------------------------------------------------------------------
     async def __aenter__(self) -> DeviceSession:
         async with self.guard("connect"):
-            lockdown = await create_using_usbmux(
-                serial=self.udid,
-                usbmux_address=self.address.for_pymobiledevice3(),
-                pairing_records_cache_folder=self.pair_records,
-                autopair=False,
-                label=self.label,
-            )
+            lockdown = await connection.connect(self.udid, self.device_id, self.address, self.pair_records, self.label)
             try:
                 if not lockdown.paired:
                     await self._pair(lockdown)
@@ -228,7 +223,12 @@ class DeviceSession:
 
 
 async def pairing_known(
-    udid: str, pairing: dict[str, str], *, usbmux_address: UsbmuxAddress, label: str = "stationd"
+    udid: str,
+    pairing: dict[str, str],
+    *,
+    usbmux_address: UsbmuxAddress,
+    device_id: int | None = None,
+    label: str = "stationd",
 ) -> bool:
     """Whether the device still holds `pairing` (a HostID and SystemBUID from `DeviceSession.pairing`).
 
@@ -238,9 +238,8 @@ async def pairing_known(
     connection, before anything pairs again, so no later pairing can hide the answer."""
     subject = Subject(udid)
     try:
-        service = await ServiceConnection.create_using_usbmux(
-            udid, LOCKDOWN_PORT, usbmux_address=usbmux_address.for_pymobiledevice3()
-        )
+        device = await connection.mux_device(udid, device_id, usbmux_address)
+        service = await connection.open_port(device, connection.LOCKDOWN_PORT, usbmux_address.for_pymobiledevice3())
         try:
             reply = await service.send_recv_plist(
                 {"Label": label, "Request": "StartSession", "HostID": pairing["host_id"],

@@ -41,7 +41,7 @@ async def identify(ctx: StepContext) -> Outcome:
     return Outcome({"serial": facts.serial, "product_type": facts.product_type, "version": facts.product_version})
 
 
-async def erase_proven(udid: str, job: JobRecord, usbmux_address: UsbmuxAddress) -> bool:
+async def erase_proven(udid: str, job: JobRecord, usbmux_address: UsbmuxAddress, device_id: int | None) -> bool:
     """Whether the erase this job requested has happened, judged before anything pairs with the iPad again.
 
     Proof of wipe: the iPad no longer holds the pairing the request was sent over (an erase forgets every
@@ -51,7 +51,7 @@ async def erase_proven(udid: str, job: JobRecord, usbmux_address: UsbmuxAddress)
     saved = job.step_data.get("erase") or {}
     if "erase" in job.completed_steps or not saved.get("pairing"):
         return False
-    return not await pairing_known(udid, saved["pairing"], usbmux_address=usbmux_address)
+    return not await pairing_known(udid, saved["pairing"], usbmux_address=usbmux_address, device_id=device_id)
 
 
 async def erase(ctx: StepContext) -> Outcome:

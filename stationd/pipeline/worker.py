@@ -76,6 +76,7 @@ class DeviceWorker:
         self.station = station
         self.udid = udid
         self.location_id: int | None = None
+        self.device_id: int | None = None  # usbmuxd's id for the current attachment (a new one at every attach)
         self.port_label: str | None = None
         self.attached = anyio.Event()
         self.detached = anyio.Event()
@@ -87,8 +88,8 @@ class DeviceWorker:
         self.log = log.bind(udid=udid)
 
     # -- signals from the USB watcher and the operator ------------------------------------------------------------
-    def on_attached(self, location_id: int | None, port_label: str | None) -> None:
-        self.location_id, self.port_label = location_id, port_label
+    def on_attached(self, location_id: int | None, port_label: str | None, device_id: int | None = None) -> None:
+        self.location_id, self.port_label, self.device_id = location_id, port_label, device_id
         self.detached = anyio.Event()
         self.attached.set()
 
@@ -239,12 +240,12 @@ class DeviceWorker:
         station.running_step[self.udid] = "identify"
         async with contextlib.AsyncExitStack() as stack:
             with _timeout("identify", station.config.timeouts.identify):
-                if await erase_proven(self.udid, job, station.usbmux):
+                if await erase_proven(self.udid, job, station.usbmux, self.device_id):
                     job = await station.transition(
                         self.udid, job, "step.finished", state="erase", step="erase", completed_step="erase",
                         step_data={"erase": {"confirmed": True, "proof": "pairing forgotten"}},
                     )
-                session = await stack.enter_async_context(station.open_session(self.udid))
+                session = await stack.enter_async_context(station.open_session(self.udid, self.device_id))
                 facts = await session.facts()
             await station.store.upsert_device(
                 self.udid,
