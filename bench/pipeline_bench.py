@@ -35,16 +35,8 @@ with EmulatorThread(demo_specs({n}), socket_path={socket!r}, speed={speed}) as e
 def one(n: int, speed: float) -> dict[str, float]:
     """Run the daemon on N virtual iPads served by another process; return this process's figures."""
     import anyio
+    from station_config import ORG, bench_config
 
-    from stationd.config import (
-        ActivationConfig,
-        ApiConfig,
-        Config,
-        EnrollmentConfig,
-        OrganizationConfig,
-        StationConfig,
-        WifiConfig,
-    )
     from stationd.emulator.mdm_server import mdm_app
     from stationd.httpserve import HTTPServer
     from stationd.assemble import assemble
@@ -60,19 +52,12 @@ def one(n: int, speed: float) -> dict[str, float]:
         text=True,
     )
     info = json.loads(emulator.stdout.readline())  # type: ignore[union-attr]
-    identity = create_identity(workdir / "identity.pem", "Bench School")
+    identity = create_identity(workdir / "identity.pem", ORG)
 
     async def main() -> float:
-        mdm = HTTPServer(mdm_app("Bench School"))
+        mdm = HTTPServer(mdm_app(ORG))
         await mdm.start()
-        config = Config(
-            organization=OrganizationConfig(name="Bench School", identity=identity.path),
-            station=StationConfig(id="bench", database=workdir / "stationd.db", concurrency=max(n, 1)),
-            wifi=WifiConfig(ssid="BenchNet", password="bench-password"),
-            enrollment=EnrollmentConfig(mode="url", url=f"{mdm.url}/enroll"),
-            activation=ActivationConfig(url=info["activation"]),
-            api=ApiConfig(listen=None),
-        )
+        config = bench_config(workdir, identity, devices=n, activation_url=info["activation"], mdm_url=mdm.url)
         done: set[str] = set()
         bus = EventBus()
         with bus.subscribe() as events:

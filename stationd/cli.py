@@ -28,6 +28,7 @@ from stationd.demo import demo
 from stationd.doctor import run_checks
 from stationd.errors import StationError
 from stationd.events import Event
+from stationd.files import write_private_file
 from stationd.identity import (
     Identity,
     IdentityError,
@@ -35,7 +36,6 @@ from stationd.identity import (
     create_identity,
     import_identity,
     load_identity,
-    write_private_file,
 )
 from stationd.plugins import PluginError
 from stationd.ports import learn_from_usbmuxd, write_ports
@@ -344,8 +344,11 @@ def export_command(
     if output is None:
         typer.echo(text, nl=False)
     else:
-        output.write_text(text)
-        typer.echo(f"wrote {output}")
+        try:
+            write_private_file(output, text.encode(), force=True)
+        except OSError as error:
+            _error_exit(f"cannot write {output}: {error.strerror}")
+        typer.echo(f"wrote {output} (readable by you only: it lists every serial, UDID and ECID)")
 
 
 @app.command("ports")
@@ -483,6 +486,11 @@ def emulator_command(
         "127.0.0.1:7782", "--mdm", metavar="127.0.0.1:PORT",
         help='Fake MDM: its enrollment URL is http://ADDRESS/enroll ("" to turn it off).',
     ),
+    allow_remote: bool = typer.Option(
+        False, "--allow-remote",
+        help="Let --tcp, --control, --activation and --mdm listen beyond loopback. They have no authentication: "
+        "only on a network you trust.",
+    ),
 ) -> None:
     r"""Run virtual iPads, to rehearse a station without touching a real one.
 
@@ -496,16 +504,20 @@ def emulator_command(
        \[activation] url = "http://127.0.0.1:7781/deviceservices"
        and \[enrollment] url = "http://127.0.0.1:7782/enroll"
     3. stationd run, and watch: curl http://127.0.0.1:7780/devices
-    4. pull a cable: curl -X POST http://127.0.0.1:7780/devices/UDID/unplug
+    4. pull a cable: curl -X POST -H 'Content-Type: application/json'
+       http://127.0.0.1:7780/devices/UDID/unplug
     Or use pymobiledevice3: export USBMUXD_SOCKET_ADDRESS=/tmp/ipads.sock
 
     Control API: GET /devices, GET /devices/UDID, POST /devices (add an iPad:
     JSON with scenario keys), POST /devices/UDID/unplug, POST /devices/UDID/plug.
+    Every POST needs the header Content-Type: application/json. Everything listens
+    on loopback only, unless --allow-remote.
     """
     import asyncio
     import signal
     import tempfile
 
+    from stationd.emulator.control import check_loopback
     from stationd.emulator.device import generated_spec
     from stationd.emulator.emulator import Emulator
     from stationd.emulator.mdm_server import mdm_app
@@ -526,6 +538,8 @@ def emulator_command(
     if _emulator_socket_in_use(socket_path):
         _error_exit(f"something already listens on {socket_path} (a real usbmuxd?); choose another --socket PATH")
     try:
+        if mdm and not allow_remote:
+            check_loopback(mdm, "the fake MDM")
         emulator = Emulator(
             plan.specs,
             socket_path=socket_path,
@@ -534,6 +548,7 @@ def emulator_command(
             seed=plan.seed,
             control_address=control,
             activation_address=activation,
+            allow_remote=allow_remote,
         )
     except ValueError as error:
         _error_exit(str(error))

@@ -5,7 +5,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import ipaddress
 import json
 import math
 import os
@@ -20,8 +22,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from stationd import limits
+from stationd.httpserve import is_loopback
 from stationd.identity import IdentityError, load_identity
-from stationd.usbmux import address as usbmux_address
+from stationd.outbound import plain_http_warning
 from stationd.profiles import (
     PASSWORD_SECURITY,
     WIFI_PAYLOAD_TYPE,
@@ -32,6 +36,8 @@ from stationd.profiles import (
     validate_profile,
     wifi_profile,
 )
+from stationd.redact import is_secret_key, redact, redact_text, redact_url
+from stationd.usbmux import address as usbmux_address
 
 LOG_FORMATS = ("auto", "json", "console")
 ENROLLMENT_MODES = ("url", "dep", "none")
@@ -203,10 +209,14 @@ class PortsConfig:
 
 @dataclass(frozen=True)
 class ApiConfig:
-    """[api]: the HTTP API and dashboard. Loopback by default; mutating endpoints need the token."""
+    """[api]: the HTTP API and dashboard. Loopback by default; mutating endpoints need the token (and so does any
+    `listen` address other machines reach). `hosts`: extra Host names answered; `proxies`: addresses whose
+    X-Forwarded-For is believed."""
 
     listen: str | None = "127.0.0.1:8480"
     token: str | None = field(default=None, repr=False)
+    hosts: tuple[str, ...] = ()
+    proxies: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -251,7 +261,6 @@ _SECTIONS: dict[str, type] = {
     "api": ApiConfig,
     "plugins": PluginsConfig,
 }
-_SECRETS = {("wifi", "password"), ("api", "token")}
 
 
 @dataclass(frozen=True)
@@ -290,13 +299,21 @@ def load_config(path: Path | str) -> Config:
         raise ConfigError(path, [ConfigIssue(None, "", missing)]) from None
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(path, [ConfigIssue(None, "", f"cannot read the file: {error}")]) from None
+    deep = limits.deepest_line(text)
+    if deep is not None:
+        raise ConfigError(path, [ConfigIssue(deep, "", _TOO_DEEP)])
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         found = re.search(r"at line (\d+)", str(error))
         line = int(found.group(1)) if found else None
         raise ConfigError(path, [ConfigIssue(line, "", f"this is not valid TOML: {error}")]) from None
+    except RecursionError:
+        raise ConfigError(path, [ConfigIssue(None, "", _TOO_DEEP)]) from None
     return _Reader(path, text, data).config()
+
+
+_TOO_DEEP = f"lists or tables nest more than {limits.MAX_DEPTH} levels deep; no setting needs that, check the brackets"
 
 
 def check_config(config: Config) -> list[str]:
@@ -310,8 +327,14 @@ def check_config(config: Config) -> list[str]:
         problems.extend(_profile_problems("wifi.profile", config.wifi.profile, need=WIFI_PAYLOAD_TYPE))
     for profile in config.profiles.extra:
         problems.extend(_profile_problems("profiles.extra", profile))
-    if config.wifi is not None and config.wifi.password and config.source is not None:
-        problems.extend(_exposed_password(config.source))
+    if config.source is not None:
+        problems.extend(_exposed_secrets(config.source, _secrets_held(config)))
+    for key, url in (("enrollment.url", config.enrollment.url if config.enrollment.mode == "url" else None),
+                     ("activation.url", config.activation.url if config.steps.activate else None)):
+        warning = plain_http_warning(key, url) if url else None
+        if warning is not None:
+            problems.append(warning)
+    problems.extend(_plugin_problems(config))
     if config.enrollment.mode != "url" and config.enrollment.url:
         problems.append(f'warning: enrollment.url is ignored because enrollment.mode is "{config.enrollment.mode}"')
     if config.enrollment.mode != "dep" and config.enrollment.dep_url:
@@ -322,6 +345,18 @@ def check_config(config: Config) -> list[str]:
                 f'warning: steps.skip_setup: "{pane}" is not a Setup Assistant screen stationd knows; check its spelling'
             )
     return problems
+
+
+def api_exposure_problem(listen: str, token: str | None) -> str | None:
+    """Why the API must not start on `listen` (an address other machines reach, and no token), or None."""
+    host = listen.rpartition(":")[0].strip("[]") or "127.0.0.1"
+    if token or is_loopback(host):
+        return None
+    return (
+        f"listen = {_toml_string(listen)} lets other machines on the network reach the station's API, so it needs "
+        'a token: add  token = "..."  under [api] (make one with: openssl rand -hex 24), or listen on '
+        '"127.0.0.1:8480" and reach it through SSH'
+    )
 
 
 def example_config(org: str = "Example School") -> str:
@@ -343,17 +378,55 @@ def _profile_problems(key: str, path: Path, need: str | None = None) -> list[str
     return []
 
 
-def _exposed_password(source: Path) -> list[str]:
+def _secrets_held(config: Config) -> list[str]:
+    """What in the configuration is secret, in words."""
+    held = []
+    if config.wifi is not None and config.wifi.password:
+        held.append("the Wi-Fi password")
+    if config.api.token:
+        held.append("the API token")
+    if config.enrollment.url and redact_url(config.enrollment.url) != config.enrollment.url:
+        held.append("credentials in enrollment.url")
+    for name, settings in config.plugins.settings.items():
+        if redact(settings) != settings or _has_secret_key(settings) or "://" in repr(settings):
+            held.append(f"the settings of the {name} plugin")
+    return held
+
+
+def _has_secret_key(value: Any) -> bool:
+    if isinstance(value, dict):
+        return any(is_secret_key(str(key)) or _has_secret_key(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_has_secret_key(item) for item in value)
+    return False
+
+
+def _exposed_secrets(source: Path, held: list[str]) -> list[str]:
     try:
         mode = source.stat().st_mode & 0o777
     except OSError:
         return []
-    if os.name == "posix" and mode & 0o077:
-        return [
-            f"warning: {source} holds the Wi-Fi password and other users can read it (mode {mode:04o}); "
-            f"run `chmod 600 {source}`"
-        ]
-    return []
+    if os.name != "posix" or not mode & 0o077 or not held:
+        return []
+    who = "other users" if mode & 0o007 else "its group"
+    return [
+        f"warning: {source} holds {', '.join(held)} and {who} can read it (mode {mode:04o}); run `chmod 600 "
+        f"{source}` (and `chown` it to the user the station runs as, if that is another user)"
+    ]
+
+
+def _plugin_problems(config: Config) -> list[str]:
+    """Load the enabled plugins with their settings, as `stationd run` does, without running them."""
+    from stationd.plugins import PluginError, PluginHost, unused_settings
+
+    unused = unused_settings(config.plugins)
+    problems = [f'warning: [plugins.{name}] is ignored: add "{name}" to plugins.enabled' for name in unused]
+    used = {name: table for name, table in config.plugins.settings.items() if name not in unused}
+    try:
+        PluginHost(dataclasses.replace(config.plugins, settings=used), config.station.id, ports=config.ports)
+    except PluginError as error:
+        problems.append(f"error: {error}")
+    return problems
 
 
 class _Invalid(Exception):
@@ -452,9 +525,9 @@ def _path_list(base: Path) -> Converter:
 
 def _listen(value: Any) -> str | None:
     """'host:port' for the HTTP API, or "" to turn it off."""
-    text = _text(value).strip()
-    if not text:
+    if value == "":
         return None
+    text = _text(value).strip()
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise _Invalid("an address like 127.0.0.1:8480 (or 0.0.0.0:8480 for the LAN, or \"\" to turn it off)")
@@ -463,9 +536,35 @@ def _listen(value: Any) -> str | None:
 
 def _token(value: Any) -> str:
     text = _text(value)
+    if not all(33 <= ord(char) < 127 for char in text):
+        raise _Invalid("", message="the token must be ASCII letters, digits and punctuation, without spaces (a "
+                       "request header cannot carry anything else); make one with: openssl rand -hex 24")
     if len(text) < 16:
         raise _Invalid("", message="the token must be at least 16 characters; make one with: openssl rand -hex 24")
     return text
+
+
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
+
+
+def _host_names(value: Any) -> tuple[str, ...]:
+    names = _text_list(value)
+    for name in names:
+        if not _HOST_NAME.fullmatch(name):
+            raise _Invalid(message=f"{name!r} is not a host name (write names only, without port or scheme)",
+                           example='["station-1.school.example"]')
+    return names
+
+
+def _addresses(value: Any) -> tuple[str, ...]:
+    addresses = _text_list(value)
+    for address in addresses:
+        try:
+            ipaddress.ip_network(address, strict=False)
+        except ValueError:
+            raise _Invalid(message=f"{address!r} is not an IP address or network", example='["127.0.0.1"]') from None
+    return addresses
 
 
 def _url(value: Any) -> str:
@@ -494,8 +593,11 @@ def _pattern(value: Any) -> str:
         raise _Invalid("a name pattern in double quotes", example='"{org}-{serial}"')
     try:
         names = [name for _, name, _, _ in string.Formatter().parse(value) if name is not None]
+        too_wide = limits.placeholder_width_problem(value)
     except ValueError as error:
         raise _Invalid(message=f"cannot read the pattern ({error}); write placeholders like {{serial}}") from None
+    if too_wide is not None:
+        raise _Invalid(message=too_wide, example='"{org}-{n:03d}"')
     known = ", ".join(f"{{{name}}}" for name in NAMING_PLACEHOLDERS)
     for name in names:
         if name not in NAMING_PLACEHOLDERS:
@@ -536,7 +638,7 @@ def _schema(base: Path) -> dict[str, dict[str, Converter]]:
         "timeouts": {
             name: _timeout_converter(name) for name in (f.name for f in fields(TimeoutsConfig))
         },
-        "api": {"listen": _listen, "token": _token},
+        "api": {"listen": _listen, "token": _token, "hosts": _host_names, "proxies": _addresses},
         "plugins": {"enabled": _text_list, "timeout": _seconds(0, MAX_PLUGIN_SECONDS)},
     }
 
@@ -553,6 +655,7 @@ class _Reader:
 
     def config(self) -> Config:
         schema = _schema(self.path.parent)
+        self._limits()
         self._unknown_sections(schema)
         plugin_settings = self._plugin_tables()
         values = {name: self._section(name, converters) for name, converters in schema.items()}
@@ -561,6 +664,7 @@ class _Reader:
         self._check_organization(values["organization"])
         self._check_wifi(values["wifi"])
         self._check_enrollment(values["enrollment"])
+        self._check_api(values["api"])
         if self.issues:
             self.issues.sort(key=lambda issue: issue.line or 0)
             raise ConfigError(self.path, self.issues)
@@ -568,6 +672,26 @@ class _Reader:
         sections = {name: _SECTIONS[name](**found) for name, found in values.items() if name != "wifi"}
         wifi = WifiConfig(**values["wifi"]) if "wifi" in self.data else None
         return Config(**sections, wifi=wifi, source=self.path)
+
+    def _limits(self) -> None:
+        """Drop every value beyond the bounds in `stationd.limits`, reporting it with its key and line."""
+        for name, table in list(self.data.items()):
+            if not isinstance(table, dict):
+                problem = limits.oversized(table, 1)
+                if problem is not None:
+                    self.issues.append(ConfigIssue(self.lines.get((name,)), name, problem))
+                    del self.data[name]
+                continue
+            if len(table) > limits.MAX_ITEMS:
+                self.error(name, None, f"holds more than {limits.MAX_ITEMS:,} settings ({len(table):,})")
+                self.data[name] = {}
+                continue
+            for key, value in list(table.items()):
+                problem = limits.oversized(value, 2)
+                if problem is not None:
+                    self.invalid.add((name, key))
+                    self.error(name, key, problem)
+                    del table[key]
 
     def error(self, section: str, key: str | None, message: str) -> None:
         line = self.lines.get((section, key)) if key else None
@@ -639,7 +763,7 @@ class _Reader:
         if bad.message:
             text = bad.message
         else:
-            got = f"a {_kind(value)}" if (section, key) in _SECRETS else _show(value)
+            got = f"a {_kind(value)}" if is_secret_key(key) else _show(value)
             text = f"expected {bad.expected}, got {got}"
         example = bad.example or _default_literal(section, key)
         return f"{text}; write for example: {key} = {example}" if example else text
@@ -686,6 +810,13 @@ class _Reader:
         if found.get("mode") == "url" and "url" not in found and ("enrollment", "url") not in self.invalid:
             self.error("enrollment", "url", 'is missing; mode = "url" needs the enrollment address your MDM gives, '
                        'for example: url = "https://mdm.example.org/enroll"')
+
+    def _check_api(self, found: dict[str, Any]) -> None:
+        listen = found.get("listen")
+        if listen and ("api", "token") not in self.invalid:
+            problem = api_exposure_problem(listen, found.get("token"))
+            if problem is not None:
+                self.error("api", "listen", problem)
 
 
 _NAME = r"""(?:"[^"]*"|'[^']*'|[A-Za-z0-9_\-]+)"""
@@ -746,7 +877,7 @@ def _show(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
-        shown = _toml_string(value)
+        shown = _toml_string(redact_text(value))
         return shown if len(shown) <= 60 else shown[:57] + '..."'
     if isinstance(value, (int, float)):
         return repr(value)
@@ -887,11 +1018,16 @@ retries = 3
 
 [api]
 # The HTTP API and the live dashboard (open http://127.0.0.1:8480/ in a browser).
-# Write listen = "0.0.0.0:8480" to let phones and laptops on the LAN see the dashboard, or "" to turn it off.
+# Write listen = "0.0.0.0:8480" to let phones and laptops on the LAN see the dashboard (it then needs the token
+# below), or "" to turn it off.
 listen = "127.0.0.1:8480"
 # Retrying, skipping a step or forgetting an iPad through the API needs this token (at least 16 characters;
 # make one with: openssl rand -hex 24). Without a token those actions are refused.
 # token = "..."
+# Host names the dashboard answers to, besides IP addresses, localhost and this computer's name:
+# hosts = ["cart-1.school.example"]
+# Only behind a reverse proxy: the proxy's address, so the log shows the real client from X-Forwarded-For.
+# proxies = ["127.0.0.1"]
 
 [plugins]
 # Built-in plugins to run: terminal (a live board in this terminal), leds (a light per port), webhook (Slack,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 import signal
 
 import anyio
@@ -22,8 +23,20 @@ async def cancel_on_signal(scope: anyio.CancelScope) -> None:
             return
 
 
+def more_file_descriptors(wanted: int = 65536) -> int:
+    """Raise this process's soft RLIMIT_NOFILE towards its hard limit (a shell's default, 1024, is small for a cart of
+    iPads); return the soft limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    return soft
+
+
 async def run_station(config: Config) -> None:
     """The daemon: run until SIGTERM or SIGINT, then park every device and exit."""
+    more_file_descriptors()
     identity = load_identity(config.organization.identity)
     async with assemble(config, identity) as assembly:
         station = assembly.station

@@ -50,10 +50,12 @@ class Event:
 
 
 class Subscription:
-    """One subscriber's bounded queue; iterate it with `async for`."""
+    """One subscriber's bounded queue; iterate it with `async for`. `start_id`: the last event published before it
+    subscribed (the events it gets, or missed, come after that id)."""
 
     def __init__(self, bus: EventBus, size: int) -> None:
         self._bus = bus
+        self.start_id = bus.last_id
         self._queue: collections.deque[Event] = collections.deque(maxlen=size)
         self._ready = anyio.Event()
         self.missed = 0
@@ -87,8 +89,12 @@ class Subscription:
 
 
 class EventBus:
+    """`last_id` is the id of the last event published (the station sets it to the store's last id when it starts),
+    so each subscription knows where its events begin."""
+
     def __init__(self) -> None:
         self._subscriptions: set[Subscription] = set()
+        self.last_id = 0
 
     def subscribe(self, size: int = 10_000) -> Subscription:
         subscription = Subscription(self, size)
@@ -96,5 +102,6 @@ class EventBus:
         return subscription
 
     def publish(self, event: Event) -> None:
+        self.last_id = event.id
         for subscription in list(self._subscriptions):
             subscription._put(event)

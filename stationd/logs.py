@@ -1,4 +1,5 @@
-"""structlog setup: key=value on a terminal, JSON lines otherwise; secrets are masked by one small processor."""
+"""structlog setup: key=value on a terminal, JSON lines otherwise; secrets are masked by one small processor
+(secret fields by name, credentials inside URLs wherever they appear)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,15 @@ from typing import Any
 
 import structlog
 
-SECRET_WORDS = ("password", "secret", "token", "private", "key_pem", "passphrase", "authorization")
+from stationd.redact import MASK, is_secret_key, redact
+
+QUIET_LIBRARIES = ("pymobiledevice3", "httpx", "httpcore")
 
 
 def mask_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """Replace the value of any field whose name looks like a secret."""
-    for key in list(event):
-        if any(word in key.lower() for word in SECRET_WORDS):
-            event[key] = "***"
+    """Replace the value of any field whose name looks like a secret, and redact every URL in the others."""
+    for key, value in list(event.items()):
+        event[key] = MASK if is_secret_key(key) else redact(value)
     return event
 
 
@@ -46,6 +48,7 @@ def configure(fmt: str = "auto", level: int = logging.INFO, stream: Any = None) 
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,  # a traceback is text too: masked like the rest
             mask_secrets,
             renderer,
         ],
@@ -53,4 +56,5 @@ def configure(fmt: str = "auto", level: int = logging.INFO, stream: Any = None) 
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
-    logging.getLogger("pymobiledevice3").setLevel(logging.WARNING)
+    for library in QUIET_LIBRARIES:  # httpx logs every request's full URL at INFO
+        logging.getLogger(library).setLevel(logging.WARNING)

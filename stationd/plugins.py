@@ -62,6 +62,12 @@ class PluginContext:
     log: Any
 
 
+def unused_settings(config: PluginsConfig) -> list[str]:
+    """The [plugins.NAME] tables no plugin reads: neither enabled nor installed."""
+    installed = {entry_point.name for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+    return [name for name in config.settings if name not in config.enabled and name not in installed]
+
+
 def builtin_names() -> list[str]:
     """The built-in plugins, by the name written in `plugins.enabled`."""
     package = importlib.import_module(BUILTIN_PACKAGE)
@@ -214,10 +220,9 @@ class PluginHost:
                     "its package must register under another name"
                 )
             self._add(name, _load_entry_point(entry_point))
-        for name in self.config.settings:
-            if self.pm.get_plugin(name) is None:
-                log.warning("plugin.settings_unused", plugin=name,
-                            hint=f'[plugins.{name}] is ignored: add "{name}" to plugins.enabled')
+        for name in unused_settings(self.config):
+            log.warning("plugin.settings_unused", plugin=name,
+                        hint=f'[plugins.{name}] is ignored: add "{name}" to plugins.enabled')
 
     def _add(self, name: str, target: Any) -> None:
         make = getattr(target, "make", None)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+from stationd.files import write_private_file
 from stationd.usbmux import UsbEvent, UsbWatcher
 
 SECTION = re.compile(r"^\s*\[\s*ports\s*\]\s*(#.*)?$")
@@ -57,7 +59,9 @@ def ports_section(labels: dict[int, str]) -> str:
 
 
 def write_ports(config_path: Path, labels: dict[int, str]) -> None:
-    """Replace the [ports] section of the config file (or add one), keeping everything else as it was."""
+    """Replace the [ports] section of the config file (or add one), keeping everything else as it was.
+
+    The file holds secrets (Wi-Fi password, API token): it is rewritten atomically, 0600 from the first byte."""
     text = config_path.read_text(encoding="utf-8")
     lines = text.splitlines(keepends=True)
     start = next((i for i, line in enumerate(lines) if SECTION.match(line)), None)
@@ -68,7 +72,8 @@ def write_ports(config_path: Path, labels: dict[int, str]) -> None:
         end = next((i for i in range(start + 1, len(lines)) if ANY_SECTION.match(lines[i])), len(lines))
         tail = "".join(lines[end:])
         new = "".join(lines[:start]) + section + ("\n" + tail if tail else "")
-    temporary = config_path.with_name(config_path.name + ".new")
-    temporary.write_text(new, encoding="utf-8")
-    temporary.chmod(config_path.stat().st_mode & 0o777)
-    temporary.replace(config_path)
+    before = config_path.stat()
+    write_private_file(config_path, new.encode("utf-8"), force=True)
+    if (before.st_uid, before.st_gid) != (os.getuid(), os.getgid()):
+        with contextlib.suppress(PermissionError):  # keep the owner the service reads it as, when allowed to
+            os.chown(config_path, before.st_uid, before.st_gid)

@@ -32,6 +32,9 @@ FIELDS = (
 )
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
 def _iso(ts: float | None) -> str | None:
     if ts is None:
         return None
@@ -81,12 +84,23 @@ async def device_rows(store: Store) -> list[dict[str, Any]]:
 
 
 def to_csv(rows: list[dict[str, Any]]) -> str:
+    """The rows as CSV; a text cell a spreadsheet would run as a formula starts with ' instead."""
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=FIELDS, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in FIELDS})
+        writer.writerow({k: _cell(row.get(k)) for k in FIELDS})
     return out.getvalue()
+
+
+def _cell(value: Any) -> Any:
+    """Spreadsheets run a cell starting with = + - @ (or a tab or carriage return) as a formula: a serial, model or
+    name chosen by whoever handled the iPad could run one when the export is opened. Prefixed with ', it is text."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
 
 
 def to_json(rows: list[dict[str, Any]]) -> str:

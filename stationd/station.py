@@ -22,11 +22,13 @@ from stationd.config import Config
 from stationd.device import SessionOpener
 from stationd.errors import RESTART_JOB_CODES
 from stationd.events import Event, EventBus
+from stationd.files import private_folder, tighten
 from stationd.identity import Identity
 from stationd.pipeline.joblog import JobLog
 from stationd.pipeline.plan import plan
 from stationd.pipeline.timing import Timing
 from stationd.pipeline.worker import DeviceWorker, Pipeline
+from stationd.redact import redact
 from stationd.states import DeviceState, JobStatus
 from stationd.store import DeviceRecord, JobRecord, Store
 from stationd.usbmux import UsbEvent, UsbWatcher, resolve
@@ -76,9 +78,11 @@ class Station:
     # -- running --------------------------------------------------------------------------------------------------
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled; a cancelled station parks every device cleanly (their jobs resume later)."""
-        self.pair_records.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_folder(self.pair_records)
+        for record in self.pair_records.iterdir():
+            tighten(record)
         self.started_at = time.time()
-        self._published = await self.store.last_event_id()
+        self._published = self.bus.last_id = await self.store.last_event_id()
         for job in await self.store.mark_interrupted(self.station_id):
             log.info("job.interrupted_by_restart", udid=job.udid, job=job.id)
         devices = await self.store.list_devices()
@@ -194,7 +198,7 @@ class Station:
 
     # -- the trail ------------------------------------------------------------------------------------------------
     async def event(self, kind: str, *, udid: str | None = None, data: dict[str, Any] | None = None) -> None:
-        await self.store.add_event(kind, station_id=self.station_id, udid=udid, data=data)
+        await self.store.add_event(kind, station_id=self.station_id, udid=udid, data=redact(data))
         await self.publish()
 
     async def publish(self) -> None:

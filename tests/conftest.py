@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
+from browser import CHROMIUM
 
 
 @pytest.fixture
@@ -26,3 +28,12 @@ def fresh_structlog() -> Iterator[None]:
     """CLI tests configure logging for the whole process (level, renderer); give every test the defaults back."""
     yield
     structlog.reset_defaults()
+
+
+@pytest.fixture
+def async_playwright() -> Any:
+    """playwright's async entry point for Debian's Chromium; the test is skipped, saying why, without them."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium package (apt-get install chromium)")
+    api = pytest.importorskip("playwright.async_api", reason="playwright is missing: pip install playwright")
+    return api.async_playwright

@@ -50,7 +50,7 @@ async def until_ports(events: Any, wanted: dict[str, str], timeout: float = 30) 
 @contextlib.asynccontextmanager
 async def client_for(station: Any) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=create_app(station))
-    async with httpx.AsyncClient(transport=transport, base_url="http://station") as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
         yield client
 
 

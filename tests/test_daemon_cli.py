@@ -11,8 +11,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-from anyio.abc import Process
-from anyio.streams.text import TextReceiveStream
+from daemon_logs import log_lines
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -59,6 +58,9 @@ url = "{emulator.activation_url}"
 [timeouts]
 erase_start = 30
 
+[api]
+listen = "127.0.0.1:0"
+
 [plugins]
 enabled = ["webhook", "leds"]
 
@@ -76,19 +78,6 @@ ports = {{ "Cart · 1" = {{ green = "cart:green:1", red = "cart:red:1" }} }}
     )
     config.chmod(0o600)
     return config
-
-
-async def log_lines(process: Process):
-    assert process.stderr is not None
-    buffer = ""
-    async for chunk in TextReceiveStream(process.stderr):
-        buffer += chunk
-        while "\n" in buffer:
-            line, buffer = buffer.split("\n", 1)
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError:
-                yield {"event": "unparsed", "line": line}
 
 
 @pytest.mark.anyio

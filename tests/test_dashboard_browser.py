@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from browser import CHROMIUM, CHROMIUM_ARGS
 from rig import make_rig
 
 from stationd.api import create_app
@@ -13,17 +14,6 @@ from stationd.emulator import generated_spec
 from stationd.emulator.device import location_for
 from stationd.httpserve import HTTPServer
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 # Record every status a tile shows, so the test knows the page saw progress live and not only the end.
 WATCH_TILES = """
 window.seenStatuses = new Set();
@@ -38,14 +28,6 @@ SETTLED = """() =>
 LIVE_WAIT_MS = 25_000  # below the page's 30 s fallback poll: the tiles must follow the event stream
 
 
-
-
-@pytest.fixture
-def async_playwright():
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium package (apt-get install chromium)")
-    api = pytest.importorskip("playwright.async_api", reason="playwright is missing: pip install playwright")
-    return api.async_playwright
 
 
 @pytest.mark.anyio

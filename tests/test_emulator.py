@@ -509,8 +509,8 @@ async def test_control_api() -> None:
 
             missing = await http.get("/devices/nope")
             assert missing.status_code == 404 and "nope" in missing.json()["error"]
-            assert (await http.post("/devices/nope/unplug")).status_code == 404
-            assert (await http.post("/devices/nope/plug")).status_code == 404
+            assert (await http.post("/devices/nope/unplug", json={})).status_code == 404
+            assert (await http.post("/devices/nope/plug", json={})).status_code == 404
 
             created = await http.post("/devices", json={})
             assert created.status_code == 201
@@ -530,7 +530,7 @@ async def test_control_api() -> None:
                 refused = await http.post("/devices", json=body)
                 assert refused.status_code == 400 and message in refused.json()["error"], refused.text
 
-            unplugged = (await http.post(f"/devices/{first.udid}/unplug")).json()
+            unplugged = (await http.post(f"/devices/{first.udid}/unplug", json={})).json()
             assert not unplugged["attached"] and unplugged["device_id"] is None
             plugged = (await http.post(f"/devices/{first.udid}/plug", json={"location_id": location_for(9)})).json()
             assert plugged["attached"] and plugged["location_id"] == location_for(9)

@@ -146,7 +146,7 @@ async def test_failed_migration_is_rolled_back(db_path: Path, monkeypatch: pytes
 
 async def test_a_file_that_is_not_a_database_is_refused(db_path: Path) -> None:
     db_path.write_text("not a database, but a note about iPads\n" * 100)
-    with pytest.raises(StoreError, match="cannot open store"):
+    with pytest.raises(StoreError, match="is not a SQLite database: set \\[station\\] database"):
         async with open_store(db_path):
             pass
 

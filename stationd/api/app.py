@@ -15,17 +15,17 @@ from typing import Any
 import anyio
 import structlog
 from starlette.applications import Starlette
-from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from stationd.api.auth import refusal
+from stationd.api.guard import BodyRefused, Guard, allowed_hosts, read_json
 from stationd.api.ports import device_view, job_view, port_views, status_counts
+from stationd.config import api_exposure_problem
 from stationd.errors import ConfigurationError
 from stationd.events import Event
 from stationd.httpserve import HTTPServer, parse_address
@@ -40,42 +40,13 @@ RECONNECT_MS = 3000
 REPLAY_PAGE = 500
 DEVICE_EVENTS = 50
 MAX_EVENTS = 1000
-SECURITY_HEADERS = {
-    "content-security-policy": (
-        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
-        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-    ),
-    "x-content-type-options": "nosniff",
-    "referrer-policy": "no-referrer",
-    "x-frame-options": "DENY",
-}
+STREAM_QUEUE = 10_000  # events a live stream may fall behind by before it replays the rest from the store
+LARGEST_ID = 2**63 - 1  # SQLite's largest integer
+DIGITS = re.compile(r"[0-9]+")
 
 
 def error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
-
-
-class SecurityHeaders:
-    """Add the strict CSP and friends to every response (API responses are also never cached)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                for name, value in SECURITY_HEADERS.items():
-                    headers.setdefault(name, value)
-                if scope["path"].startswith("/api/"):
-                    headers.setdefault("cache-control", "no-store")
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
 
 
 def sse(event: Event) -> bytes:
@@ -85,13 +56,20 @@ def sse(event: Event) -> bytes:
 
 
 class EventStream:
-    """The bus as server-sent events, after replaying the store from `after`; ends on disconnect or shutdown."""
+    """The bus as server-sent events, after replaying the store from `after`; ends on disconnect or shutdown.
 
-    def __init__(self, station: Any, after: int | None, heartbeat: float, closing: anyio.Event) -> None:
+    A client that falls behind by more than its queue (a slow link) gets the events it missed replayed from the
+    store, so it never sees a gap. Each write yields to the event loop, so a dropped connection is noticed at once
+    and nothing more is written into a dead socket."""
+
+    def __init__(
+        self, station: Any, after: int | None, heartbeat: float, closing: anyio.Event, queue: int = STREAM_QUEUE
+    ) -> None:
         self.station = station
         self.after = after
         self.heartbeat = heartbeat
         self.closing = closing
+        self.queue = queue
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = [
@@ -113,21 +91,23 @@ class EventStream:
             await self.closing.wait()
             tasks.cancel_scope.cancel()
 
+        async def write(chunk: bytes) -> None:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await anyio.lowlevel.checkpoint()
+
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(until_disconnected)
             tasks.start_soon(until_closing)
-            await self._stream(send)
+            await self._stream(write)
             tasks.cancel_scope.cancel()
         if not disconnected:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    async def _stream(self, send: Send) -> None:
-        async def write(chunk: bytes) -> None:
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-
-        with self.station.bus.subscribe() as events:
+    async def _stream(self, write: Any) -> None:
+        with self.station.bus.subscribe(self.queue) as events:
             await write(f"retry: {RECONNECT_MS}\n\n".encode())
-            floor = last = self.after
+            last = events.start_id if self.after is None else self.after
+            floor = None
             if self.after is not None:
                 floor = last = await self._replay(write, self.after)
             missed = 0
@@ -138,7 +118,7 @@ class EventStream:
                 if event is None:
                     await write(b": heartbeat\n\n")
                     continue
-                if events.missed != missed and last is not None:
+                if events.missed != missed:
                     missed = events.missed
                     floor = last = await self._replay(write, last)
                 if floor is not None and event.id <= floor:
@@ -162,9 +142,10 @@ class EventStream:
 class Api:
     """The endpoints, bound to one station."""
 
-    def __init__(self, station: Any, heartbeat: float) -> None:
+    def __init__(self, station: Any, heartbeat: float, queue: int) -> None:
         self.station = station
         self.heartbeat = heartbeat
+        self.queue = queue
         self.started_at = getattr(station, "started_at", None) or time.time()
         self.closing = anyio.Event()
         self.dashboard_html = (HERE / "dashboard.html").read_text(encoding="utf-8")
@@ -251,33 +232,44 @@ class Api:
         given = request.headers.get("last-event-id") or request.query_params.get("after")
         after = None
         if given:
-            if not given.strip().isdigit():
-                return error(400, f"Last-Event-ID (or after) must be an event id, not {given!r}")
-            after = int(given)
-        return EventStream(self.station, after, self.heartbeat, self.closing)
+            after = event_id(given.strip())
+            if after is None:
+                return error(400, f"Last-Event-ID (or after) must be an event id, not {given[:40]!r}")
+        return EventStream(self.station, after, self.heartbeat, self.closing, self.queue)
 
     async def retry(self, request: Request) -> Response:
         return await self._act(request, "retry", self.station.retry)
 
     async def skip(self, request: Request) -> Response:
+        """The token is checked before a byte of the body is read."""
+        refused = self._refused(request, "skip")
+        if refused is not None:
+            return refused
         plan = self.station.plan
         try:
-            body = await request.json()
-        except ValueError:
+            body = await read_json(request)
+        except BodyRefused as e:
+            if e.status != 415:
+                return error(e.status, e.message)
             body = None
         step = body.get("step") if isinstance(body, dict) else None
         if not isinstance(step, str) or step not in plan:
-            return error(400, f'send a JSON body naming a step of the plan, like {{"step": "wifi"}}; steps: '
-                         f'{", ".join(plan)}')
-        return await self._act(request, "skip", lambda udid: self.station.skip(udid, step), step=step)
+            return error(400, f'send a JSON body naming a step of the plan, like {{"step": "wifi"}} (with the header '
+                         f'Content-Type: application/json); steps: {", ".join(plan)}')
+        return await self._act(request, "skip", lambda udid: self.station.skip(udid, step), step=step, checked=True)
 
     async def forget(self, request: Request) -> Response:
         return await self._act(request, "forget", self.station.forget)
 
-    async def _act(self, request: Request, action: str, run: Any, **details: Any) -> Response:
+    def _refused(self, request: Request, action: str) -> Response | None:
         refused = refusal(request, self.station.config.api.token)
         if refused is not None:
             log.warning("api.refused", action=action, status=refused.status_code, client=_client(request))
+        return refused
+
+    async def _act(self, request: Request, action: str, run: Any, checked: bool = False, **details: Any) -> Response:
+        refused = None if checked else self._refused(request, action)
+        if refused is not None:
             return refused
         udid = request.path_params["udid"]
         device = await self.store.get_device(udid)
@@ -298,14 +290,22 @@ def unknown_device(udid: str) -> JSONResponse:
     return error(404, f"no device with UDID {udid!r} at this station")
 
 
+def event_id(text: str) -> int | None:
+    """An event id written in ASCII digits, within SQLite's integers; None for anything else."""
+    if not DIGITS.fullmatch(text) or len(text) > 19 or int(text) > LARGEST_ID:
+        return None
+    return int(text)
+
+
 def _int_param(request: Request, name: str, default: int, low: int, high: int | None) -> int:
     text = request.query_params.get(name)
     if text is None or text == "":
         return default
-    if not text.isdigit() or int(text) < low or (high is not None and int(text) > high):
+    number = event_id(text)
+    if number is None or number < low or (high is not None and number > high):
         bounds = f"from {low}" + (f" to {high}" if high is not None else "")
-        raise ValueError(f"{name} must be a whole number {bounds}, not {text!r}")
-    return int(text)
+        raise ValueError(f"{name} must be a whole number {bounds}, not {text[:40]!r}")
+    return number
 
 
 def _client(request: Request) -> str | None:
@@ -317,9 +317,28 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
 
-def create_app(station: Any, *, heartbeat: float = HEARTBEAT) -> Starlette:
-    """The API and dashboard for one station; `app.state.api.closing.set()` ends open event streams."""
-    api = Api(station, heartbeat)
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    log.error("api.internal_error", path=request.url.path, error=type(exc).__name__)
+    return error(500, "the station could not answer this request; its log says why")
+
+
+class _GuardedStarlette(Starlette):
+    """Starlette with the Guard outside its error handler, so even a crash's 500 carries the security headers."""
+
+    hosts: frozenset[str] = frozenset()
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return Guard(super().build_middleware_stack(), self.hosts)
+
+
+def create_app(
+    station: Any, *, heartbeat: float = HEARTBEAT, queue: int = STREAM_QUEUE, hosts: frozenset[str] | None = None
+) -> Starlette:
+    """The API and dashboard for one station; `app.state.api.closing.set()` ends open event streams.
+
+    `hosts`: the Host names answered (IP addresses always are); default: loopback names, this computer's names,
+    the `listen` host and `[api] hosts`."""
+    api = Api(station, heartbeat, queue)
     routes = [
         Route("/", api.dashboard, methods=["GET"]),
         Route("/api/station", api.station_info, methods=["GET"]),
@@ -334,11 +353,9 @@ def create_app(station: Any, *, heartbeat: float = HEARTBEAT) -> Starlette:
         Route("/api/stream", api.stream, methods=["GET"]),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
-    app = Starlette(
-        routes=routes,
-        middleware=[Middleware(SecurityHeaders)],
-        exception_handlers={HTTPException: _http_error},
-    )
+    app = _GuardedStarlette(routes=routes, exception_handlers={HTTPException: _http_error, Exception: _internal_error})
+    config = station.config.api
+    app.hosts = hosts if hosts is not None else allowed_hosts(config.listen, config.hosts)
     app.state.api = api
     return app
 
@@ -346,21 +363,26 @@ def create_app(station: Any, *, heartbeat: float = HEARTBEAT) -> Starlette:
 @contextlib.asynccontextmanager
 async def serve(station: Any, *, heartbeat: float = HEARTBEAT) -> AsyncIterator[str | None]:
     """Serve the API and dashboard on `[api] listen` while the block runs; yields the URL, None when turned off."""
-    listen = station.config.api.listen
+    config = station.config.api
+    listen = config.listen
     if not listen:
         yield None
         return
+    problem = api_exposure_problem(listen, config.token)
+    if problem is not None:
+        raise ConfigurationError(problem)
     host, port = parse_address(listen, DEFAULT_PORT)
     app = create_app(station, heartbeat=heartbeat)
     try:
-        server = HTTPServer(app, host, port)
+        server = HTTPServer(app, host, port, proxies=config.proxies)
     except OSError as e:
         raise ConfigurationError(
             f"cannot serve the dashboard on {listen}: {e.strerror or e}; change [api] listen "
             '(another port, or "" to turn it off)'
         ) from e
     url = await server.start()
-    log.info("api.listening", url=url, actions="enabled" if station.config.api.token else "disabled")
+    log.info("api.listening", url=url, actions="enabled" if config.token else "disabled",
+             max_connections=server.limits.max_connections)
     try:
         yield url
     finally:

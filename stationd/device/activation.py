@@ -15,7 +15,7 @@ import httpx
 from pymobiledevice3.lockdown import LockdownClient
 from pymobiledevice3.services.mobile_activation import MobileActivationService
 
-from stationd import errors
+from stationd import errors, outbound
 from stationd.device.translate import ERASE_HINT, Subject
 
 PLIST = "application/x-apple-plist"
@@ -74,15 +74,21 @@ async def _post(
     http: httpx.AsyncClient, url: str, body: bytes, content_type: str, subject: Subject, what: str
 ) -> httpx.Response:
     try:
-        response = await http.post(url, content=body, headers={**HEADERS, "Content-Type": content_type})
-    except httpx.InvalidURL as error:
+        headers = {**HEADERS, "Content-Type": content_type}
+        response = await outbound.fetch(http, "POST", url, content=body, headers=headers)
+    except outbound.BadAddress as error:
         raise errors.ConfigurationError(
             f"The activation server address is invalid ({error}): correct it in the configuration."
         ) from None
-    except httpx.HTTPError as error:
+    except outbound.Unreachable as error:
         raise errors.ActivationServerUnavailable(
             f"The activation server ({httpx.URL(url).host}) cannot be reached for {what} of {subject.who} "
-            f"({type(error).__name__}): check the station's internet connection (and any proxy or firewall)."
+            f"({error}): check the station's internet connection (and any proxy or firewall)."
+        ) from None
+    except outbound.Refused as error:
+        raise errors.ActivationFailed(
+            f"The activation server's answer to {what} of {subject.who} was refused: {error}. Check that the station "
+            "reaches Apple's activation server (no proxy page in between), then replug."
         ) from None
     if response.status_code >= 500:
         raise errors.ActivationServerUnavailable(

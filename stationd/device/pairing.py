@@ -10,7 +10,6 @@ not sent to the device, unlike pymobiledevice3's pair record).
 from __future__ import annotations
 
 import functools
-import os
 import plistlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from pymobiledevice3.ca import build_device_certificate, build_host_certificate, build_root_certificate
 from pymobiledevice3.lockdown import LockdownClient
 
+from stationd.files import private_folder, write_private_file
 from stationd.usbmux import UsbmuxConnection
 from stationd.usbmux.address import UsbmuxAddress
 
@@ -85,12 +85,8 @@ def host_keys(folder: Path) -> HostKeys:
 
 def _write_private(path: Path, data: bytes) -> None:
     """Write atomically, 0600 from the first byte, in a 0700 folder."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    temporary = path.with_name(path.name + ".new")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "wb") as out:
-        out.write(data)
-    temporary.replace(path)
+    private_folder(path.parent)
+    write_private_file(path, data, force=True)
 
 
 async def pair(

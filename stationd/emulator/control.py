@@ -7,37 +7,38 @@
     POST /devices/{udid}/unplug  pull the cable
     POST /devices/{udid}/plug    plug it back: {"location_id": N} plugs it into another port
 
-It has no authentication: it listens on loopback only. Handlers run on the emulator's event loop.
+It has no authentication: it listens on loopback only (unless the emulator runs with --allow-remote), and every POST
+must say `Content-Type: application/json`, which a web page cannot send to another site without its consent (a CORS
+preflight), so a page in the technician's browser cannot pull cables. Handlers run on the emulator's event loop.
 """
 
 from __future__ import annotations
 
 import base64
-import ipaddress
 import json
 from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from stationd.emulator.scenario import ScenarioError, build_spec, check_unique
-from stationd.httpserve import parse_address
+from stationd.httpserve import is_loopback, parse_address
 
 if TYPE_CHECKING:
     from stationd.emulator.emulator import Emulator
 
 
-def check_loopback(address: str) -> None:
-    """Refuse a control address that other machines could reach."""
+def check_loopback(address: str, what: str) -> None:
+    """Refuse an address that other machines could reach."""
     host, _ = parse_address(address)
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
-        raise ValueError(f"the control API has no authentication and listens on loopback only, not on {host}")
+    if not is_loopback(host):
+        raise ValueError(
+            f"{what} listens on loopback only, not on {host}: it has no authentication (give --allow-remote to "
+            "expose it on a network you trust)"
+        )
 
 
 def _jsonable(value: Any) -> Any:
@@ -71,7 +72,7 @@ async def _body(request: Request) -> dict[str, Any]:
     return body
 
 
-def control_app(emulator: Emulator) -> Starlette:
+def control_app(emulator: Emulator) -> Any:
     """The ASGI app of the control API for one emulator."""
 
     async def summary(request: Request) -> Response:
@@ -133,7 +134,7 @@ def control_app(emulator: Emulator) -> Starlette:
     async def not_allowed(request: Request, exc: Exception) -> Response:
         return _error(405, f"{request.method} is not allowed on {request.url.path}")
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/", summary, methods=["GET"]),
             Route("/devices", list_devices, methods=["GET"]),
@@ -144,3 +145,20 @@ def control_app(emulator: Emulator) -> Starlette:
         ],
         exception_handlers={404: not_found, 405: not_allowed},
     )
+    return JsonPostsOnly(app)
+
+
+class JsonPostsOnly:
+    """415 for a POST that is not declared as JSON: cross-site "simple" requests (text/plain, forms) never get in."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            kind = Headers(scope=scope).get("content-type", "").partition(";")[0].strip().lower()
+            if kind != "application/json":
+                response = _error(415, "send the request with the header Content-Type: application/json")
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

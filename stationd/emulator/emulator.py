@@ -30,7 +30,10 @@ FIRST_SERVICE_PORT = 49152
 
 
 class Emulator:
-    """Run with `async with Emulator(...) as emulator:`; every public method runs on the emulator's event loop."""
+    """Run with `async with Emulator(...) as emulator:`; every public method runs on the emulator's event loop.
+
+    Its TCP servers (usbmuxd, control API, activation) have no authentication: they bind loopback addresses only,
+    unless `allow_remote`."""
 
     def __init__(
         self,
@@ -42,13 +45,17 @@ class Emulator:
         activation_address: str | None = "127.0.0.1:0",
         control_address: str | None = None,
         seed: str = "stationd",
+        allow_remote: bool = False,
     ) -> None:
         if socket_path is None and tcp_address is None:
             raise ValueError("the emulator needs a UNIX socket path or a TCP address for usbmuxd")
         if speed < 0:
             raise ValueError("speed must be zero or more")
-        if control_address is not None:
-            check_loopback(control_address)
+        if not allow_remote:
+            for what, address in (("usbmuxd over TCP", tcp_address), ("the control API", control_address),
+                                  ("the fake activation server", activation_address)):
+                if address is not None:
+                    check_loopback(address, what)
         self.socket_path = str(socket_path) if socket_path is not None else None
         self.tcp_address = tcp_address
         self.speed = speed

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from stationd.errors import RESTART_JOB_CODES
+from stationd.redact import redact
 from stationd.report import row as report_row
 from stationd.states import DeviceState, JobStatus
 from stationd.store import DeviceRecord, JobRecord, Store, Transition
@@ -23,7 +24,10 @@ class JobLog:
         self.on_record = on_record
 
     async def transition(self, udid: str, job: JobRecord, kind: str, **fields: Any) -> JobRecord:
-        """Persist one transition, then hand it on; returns the job as it is afterwards."""
+        """Persist one transition, then hand it on; returns the job as it is afterwards.
+
+        Every text is redacted first: no credential inside a URL reaches the trail, the API, the plugins or exports."""
+        fields = {name: redact(value) for name, value in fields.items()}
         if fields.get("error_code"):
             fields["data"] = {
                 **(fields.get("data") or {}),

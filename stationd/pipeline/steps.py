@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from stationd import outbound
 from stationd.device import SessionOpener
 from stationd.errors import (
     ConfigurationError,
@@ -19,6 +20,7 @@ from stationd.errors import (
 )
 from stationd.pipeline import verdicts
 from stationd.profiles import ProfileInvalid, payload_types, validate_profile
+from stationd.redact import redact_url
 
 NAMING_COUNTER = "naming"
 
@@ -142,19 +144,22 @@ async def profiles(ctx: StepContext) -> Outcome:
 
 async def fetch_enrollment_profile(http: httpx.AsyncClient, url: str) -> bytes:
     """GET the MDM's Apple Configurator enrollment URL and check it answered an enrollment profile."""
+    shown = redact_url(url)
     try:
-        response = await http.get(url, follow_redirects=True)
-    except httpx.HTTPError as e:
-        raise EnrollmentUnavailable(f"The enrollment URL {url} cannot be reached ({type(e).__name__}).") from e
+        response = await outbound.fetch(http, "GET", url, follow_redirects=True)
+    except outbound.Unreachable as e:
+        raise EnrollmentUnavailable(f"The enrollment URL {shown} cannot be reached ({e}).") from e
+    except outbound.OutboundError as e:
+        raise EnrollmentInvalid(f"The enrollment URL cannot be used: {e}. Check enrollment.url.") from e
     if response.status_code >= 500:
-        raise EnrollmentUnavailable(f"The enrollment URL {url} answered {response.status_code}: the MDM is having trouble.")
+        raise EnrollmentUnavailable(f"The enrollment URL {shown} answered {response.status_code}: the MDM is having trouble.")
     if response.status_code != 200:
         raise EnrollmentInvalid(
             f"The enrollment URL answered {response.status_code}: check enrollment.url against the MDM's "
             "\"Apple Configurator enrollment URL\"."
         )
     try:
-        profile = validate_profile(response.content, url)
+        profile = validate_profile(response.content, shown)
     except ProfileInvalid as e:
         kind = response.headers.get("content-type", "unknown type")
         raise EnrollmentInvalid(

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
-import os
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -13,6 +14,7 @@ from typing import Any, TypeVar
 import aiosqlite
 import anyio
 
+from stationd.files import private_file, private_folder, tighten
 from stationd.store.base import Store, StoreError, deep_merge
 from stationd.store.records import (
     FINISHED_STATUSES,
@@ -30,6 +32,7 @@ T = TypeVar("T")
 Body = Callable[[aiosqlite.Connection], Awaitable[T]]
 
 BUSY_TIMEOUT_MS = 5000
+SIDE_FILES = ("-wal", "-shm", "-journal")
 
 # MIGRATIONS[n] holds the statements that bring the schema from version n to n + 1.
 MIGRATIONS: list[tuple[str, ...]] = [
@@ -107,10 +110,10 @@ class SQLiteStore(Store):
         if self._db is not None:
             return
         try:
-            _create_private_file(self.path)
+            _private_database(self.path)
             db = await aiosqlite.connect(self.path, isolation_level=None)
         except (OSError, sqlite3.Error) as exc:
-            raise StoreError(f"cannot open store {self.path}: {exc}") from exc
+            raise StoreError(explain(self.path, exc)) from exc
         db.row_factory = sqlite3.Row
         self._db = db
         self._lock = anyio.Lock()
@@ -122,14 +125,23 @@ class SQLiteStore(Store):
                 f"busy_timeout = {BUSY_TIMEOUT_MS}",
             ):
                 await db.execute(f"PRAGMA {pragma}")
+            await self._check_integrity(db)
             while await self._atomic(self._migrate_one_step):
                 pass
+            _private_database(self.path)
         except BaseException as exc:
             self._db = None
             await db.close()
-            if isinstance(exc, sqlite3.Error):
-                raise StoreError(f"cannot open store {self.path}: {exc}") from exc
+            if isinstance(exc, (OSError, sqlite3.Error)):
+                raise StoreError(explain(self.path, exc)) from exc
             raise
+
+    async def _check_integrity(self, db: aiosqlite.Connection) -> None:
+        """PRAGMA quick_check before anything is written: a damaged file is reported, and left as it is."""
+        rows = await db.execute_fetchall("PRAGMA quick_check(5)")
+        found = [str(row[0]) for row in rows]
+        if found != ["ok"]:
+            raise StoreError(_damaged(self.path, "; ".join(found)[:300]))
 
     async def close(self) -> None:
         if self._db is None:
@@ -442,9 +454,10 @@ class SQLiteStore(Store):
             await db.execute("COMMIT")
             return result
         except BaseException as exc:
-            await db.rollback()
+            with contextlib.suppress(sqlite3.Error):
+                await db.rollback()
             if isinstance(exc, sqlite3.Error):
-                raise StoreError(str(exc)) from exc
+                raise StoreError(explain(self.path, exc)) from exc
             raise
 
     def _require_open(self) -> aiosqlite.Connection:
@@ -513,10 +526,47 @@ class SQLiteStore(Store):
         return _event_record(row)
 
 
-def _create_private_file(path: Path) -> None:
-    """Create the database file (mode 0600) and its directory if missing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+def explain(path: Path, error: OSError | sqlite3.Error) -> str:
+    """What went wrong with the database at `path`, and what to do; the transaction that failed was rolled back, so
+    everything recorded before it is kept."""
+    name = getattr(error, "sqlite_errorname", "") or ""
+    if name == "SQLITE_FULL" or getattr(error, "errno", None) == errno.ENOSPC:
+        return (
+            f"the disk holding the database {path} is full: free some space there (or move [station] database to a "
+            "larger disk), then start the station again; everything recorded so far is kept, and every iPad resumes "
+            "where it stopped"
+        )
+    if name.startswith("SQLITE_READONLY") or getattr(error, "errno", None) in (errno.EROFS, errno.EACCES):
+        return (
+            f"the database {path} cannot be written ({error}): check that the station's user may write the file "
+            "and its folder, and that the disk is not mounted read-only, then start the station again"
+        )
+    if name == "SQLITE_NOTADB":
+        return (
+            f"{path} is not a SQLite database: set [station] database to the station's database file, or move "
+            "this file away and let the station create a new one"
+        )
+    if name == "SQLITE_CORRUPT":
+        return _damaged(path, str(error))
+    if name.startswith("SQLITE_IOERR"):
+        return f"the disk holding the database {path} failed ({error}): check the disk, then start the station again"
+    return f"cannot use the database {path}: {error}"
+
+
+def _damaged(path: Path, detail: str) -> str:
+    return (
+        f"the database {path} is damaged ({detail}); the station left it untouched. Stop the station, keep a copy "
+        f"of the file, then recover what can be read: sqlite3 {path} .recover | sqlite3 {path}.recovered, and set "
+        "[station] database to the recovered file (or restore a backup)"
+    )
+
+
+def _private_database(path: Path) -> None:
+    """The database, its WAL and shared-memory files readable by the station's user only, in a 0700 folder."""
+    private_folder(path.parent)
+    private_file(path)
+    for suffix in SIDE_FILES:
+        tighten(path.with_name(path.name + suffix))
 
 
 def _dumps(value: Any) -> str:
