@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
@@ -150,7 +151,7 @@ class Emulator:
     def _add(self, spec: DeviceSpec) -> VirtualDevice:
         if spec.udid in self.devices:
             raise ValueError(f"a device with UDID {spec.udid} already exists")
-        device = VirtualDevice(spec)
+        device = VirtualDevice(spec, self.clock)
         self.devices[spec.udid] = device
         return device
 
@@ -183,6 +184,7 @@ class Emulator:
             device.location_id = location_id
         first = udid not in self.plugged and device.erase_count == 0 and device.device_id is None
         self.plugged.add(udid)
+        device.contents.battery.power(True, self.clock())
         if device.status == "detached":
             self._attach(device)
         if first and device.spec.detach_after is not None:
@@ -193,6 +195,7 @@ class Emulator:
         """Pull the cable: every connection to the device drops and usbmuxd reports it detached."""
         device = self.device(udid)
         self.plugged.discard(udid)
+        device.contents.battery.power(False, self.clock())
         if device.attached:
             self._detach(device)
             device.status = "detached"
@@ -226,6 +229,10 @@ class Emulator:
         return any(d.spec.serial == serial and d.spec.activation_locked for d in self.devices.values())
 
     # -- timing ---------------------------------------------------------------------------------------------------
+    def clock(self) -> float:
+        """Emulator time in seconds: wall time divided by the speed factor (at speed 0, time stands still)."""
+        return time.monotonic() / self.speed if self.speed > 0 else 0.0
+
     async def pause(self, seconds: float) -> None:
         """Wait a device latency, scaled by the speed factor."""
         if seconds * self.speed > 0:

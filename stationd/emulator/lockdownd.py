@@ -67,7 +67,12 @@ class LockdownConnection(DeviceService):
         if domain not in PUBLIC_DOMAINS:
             if not in_session:
                 return {"Error": "GetProhibited"}
-            return {"Domain": domain, "Value": {}} if key is None else {"Error": "MissingValue"}
+            values = self.device.contents.domain(domain)
+            if values is None:
+                return {"Domain": domain, "Value": {}} if key is None else {"Error": "MissingValue"}
+            if key is None:
+                return {"Domain": domain, "Value": values}
+            return {"Domain": domain, "Key": key, "Value": values[key]} if key in values else {"Error": "MissingValue"}
         values = self.device.values(in_session)
         if key is None:
             return {"Value": values}
