@@ -13,19 +13,28 @@ from typing import Any
 
 from stationd.emulator.activation import ActivationConnection
 from stationd.emulator.activation_server import ActivationAuthority, activation_app
+from stationd.emulator.afc import AFCConnection
 from stationd.emulator.control import check_loopback, control_app
 from stationd.emulator.device import DeviceSpec, VirtualDevice, generated_spec
+from stationd.emulator.diagnostics import DiagnosticsConnection
+from stationd.emulator.installation_proxy import InstallationProxyConnection
 from stationd.emulator.lockdownd import LOCKDOWN_PORT, LockdownConnection
 from stationd.emulator.mcinstall import MCInstallConnection
+from stationd.emulator.syslog import OsTraceRelayConnection, SyslogRelayConnection
 from stationd.emulator.tls import device_tls_context
 from stationd.emulator.usbmuxd import UsbmuxClient, attached_message
 from stationd.emulator.wire import WireError
 from stationd.httpserve import HTTPServer, parse_address
 
 StreamHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-SERVICE_CLASSES = {
+SERVICE_CLASSES: dict[str, Any] = {
     "com.apple.mobile.MCInstall": MCInstallConnection,
     "com.apple.mobileactivationd": ActivationConnection,
+    "com.apple.mobile.installation_proxy": InstallationProxyConnection,
+    "com.apple.afc": AFCConnection,
+    "com.apple.syslog_relay": SyslogRelayConnection,
+    "com.apple.os_trace_relay": OsTraceRelayConnection,
+    "com.apple.mobile.diagnostics_relay": DiagnosticsConnection,
 }
 FIRST_SERVICE_PORT = 49152
 

@@ -16,7 +16,15 @@ if TYPE_CHECKING:
     pass
 
 LOCKDOWN_PORT = 62078
-SERVICES = ("com.apple.mobile.MCInstall", "com.apple.mobileactivationd")
+SERVICES = (
+    "com.apple.mobile.MCInstall",
+    "com.apple.mobileactivationd",
+    "com.apple.mobile.installation_proxy",
+    "com.apple.afc",
+    "com.apple.syslog_relay",
+    "com.apple.os_trace_relay",
+    "com.apple.mobile.diagnostics_relay",
+)
 PUBLIC_DOMAINS = {"com.apple.mobile.lockdown", None}
 
 
