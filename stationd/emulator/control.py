@@ -6,6 +6,7 @@
     POST /devices                add a device: JSON with any DeviceSpec fields (identity generated when absent)
     POST /devices/{udid}/unplug  pull the cable
     POST /devices/{udid}/plug    plug it back: {"location_id": N} plugs it into another port
+    POST /devices/{udid}/battery set the battery: {"level": 10} and/or {"charging": false} (the port charges or not)
 
 It has no authentication: it listens on loopback only. Handlers run on the emulator's event loop.
 """
@@ -22,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from stationd.emulator.scenario import ScenarioError, build_spec, check_unique
+from stationd.emulator.scenario import ScenarioError, build_spec, check_unique, convert_fields
 from stationd.httpserve import parse_address
 
 if TYPE_CHECKING:
@@ -127,6 +128,25 @@ def control_app(emulator: Emulator) -> Starlette:
             return _error(400, str(error))
         return _JSON(emulator.plug(udid, location).snapshot())
 
+    async def battery(request: Request) -> Response:
+        udid = request.path_params["udid"]
+        if udid not in emulator.devices:
+            return _error(404, f"no virtual device with UDID {udid}")
+        try:
+            body = await _body(request)
+            unknown = set(body) - {"level", "charging"}
+            if unknown:
+                raise ScenarioError("unknown key (only level and charging can be given)", sorted(unknown)[0])
+            if not body:
+                raise ScenarioError('give "level" (percent) and/or "charging" (true or false)')
+            checked = convert_fields({"battery": body}, None)["battery"]
+        except ValueError as error:
+            return _error(400, str(error))
+        device = emulator.device(udid)
+        level = checked.level if "level" in body else None
+        device.contents.battery.set(emulator.clock(), level, checked.charging if "charging" in body else None)
+        return _JSON(device.snapshot())
+
     async def not_found(request: Request, exc: Exception) -> Response:
         return _error(404, f"no such endpoint: {request.method} {request.url.path}")
 
@@ -141,6 +161,7 @@ def control_app(emulator: Emulator) -> Starlette:
             Route("/devices/{udid}", get_device, methods=["GET"]),
             Route("/devices/{udid}/unplug", unplug, methods=["POST"]),
             Route("/devices/{udid}/plug", plug, methods=["POST"]),
+            Route("/devices/{udid}/battery", battery, methods=["POST"]),
         ],
         exception_handlers={404: not_found, 405: not_allowed},
     )
