@@ -22,6 +22,7 @@ from pymobiledevice3.services.os_trace import OsTraceService
 from stationd.emulator.apps import App
 from stationd.emulator.battery import Battery, BatterySpec
 from stationd.emulator.console import Line
+from stationd.emulator.device import Fault
 from stationd.emulator.emulator import Emulator
 from stationd.emulator.media import MEDIA_LIMIT
 from stationd.emulator.scenario import ScenarioError, parse_scenario
@@ -185,6 +186,18 @@ async def test_install_refuses_a_zip_without_an_app_or_info_plist(tmp_path: Path
             assert reply["Error"] == "MissingPackagePath"
             assert (await service.send_recv_plist({"Command": "Frobnicate"}))["Error"] == "UnknownCommand"
             await service.close()
+        await client.close()
+
+
+async def test_a_scenario_fault_reaches_installation_proxy(tmp_path: Path) -> None:
+    device_spec = spec(faults=[Fault("Install", "error")])
+    async with running(device_spec) as emulator:
+        client = await lockdown(emulator, device_spec.udid, tmp_path)
+        async with InstallationProxyService(client) as installation:
+            with pytest.raises(AppInstallError, match="^APIInternalError: The device is busy"):
+                await installation.install_from_bytes(make_ipa())
+            await installation.install_from_bytes(make_ipa())  # the fault was for the first try only
+            assert list(await installation.get_apps(application_type="User")) == ["org.example.reader"]
         await client.close()
 
 

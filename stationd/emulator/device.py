@@ -1,7 +1,8 @@
 """One virtual iPad: its identity, its persistent state, and the faults a scenario injects.
 
-This module holds data and pure rules only; the wire protocols live in `usbmuxd`, `lockdownd`, `mcinstall` and
-`activation`, and timing (erase, reboot, re-attach) lives in `emulator`.
+This module holds data and pure rules only (apps, files, battery, storage and console live in `contents`); the wire
+protocols live in `usbmuxd`, `lockdownd` and one module per service, and timing (erase, reboot, re-attach) lives in
+`emulator`.
 """
 
 from __future__ import annotations
@@ -80,7 +81,8 @@ class Behaviour:
 
 @dataclass
 class Fault:
-    """Misbehave on a request: `request` is a lockdownd Request, an MCInstall RequestType or an activation Command."""
+    """Misbehave on a request: `request` is a lockdownd or diagnostics_relay Request, an MCInstall RequestType, an
+    activation Command or an installation_proxy Command."""
 
     request: str
     action: str = "drop"  # drop: close the connection instead of acting; drop_reply: act, then close without a
