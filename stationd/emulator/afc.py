@@ -7,15 +7,11 @@ payload; the device answers each packet with the same packet number: STATUS (a u
 
 from __future__ import annotations
 
-import asyncio
 import struct
-from typing import TYPE_CHECKING
+from typing import Any
 
-from stationd.emulator.device import VirtualDevice
 from stationd.emulator.media import MediaError, Node
-
-if TYPE_CHECKING:
-    from stationd.emulator.emulator import Emulator
+from stationd.emulator.service import DeviceConnection
 
 MAGIC = b"CFA6LPAA"
 HEADER = struct.Struct("<8sQQQQ")
@@ -81,18 +77,13 @@ def _u64s(payload: bytes, count: int) -> tuple[int, ...]:
     return struct.unpack_from(f"<{count}Q", payload)
 
 
-class AFCConnection:
+class AFCConnection(DeviceConnection):
     """One host connection to AFC: its open files; the tree belongs to the device."""
 
     channel = "afc"
 
-    def __init__(
-        self, emulator: Emulator, device: VirtualDevice, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        self.emulator = emulator
-        self.device = device
-        self.reader = reader
-        self.writer = writer
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
         self.files: dict[int, OpenFile] = {}
         self.next_handle = 1
 

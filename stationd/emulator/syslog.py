@@ -12,14 +12,11 @@ import contextlib
 import plistlib
 import struct
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from stationd.emulator.console import CHATTER, CHATTER_INTERVAL, MIN_INTERVAL, Line, chatter
-from stationd.emulator.device import VirtualDevice
+from stationd.emulator.service import DeviceConnection
 from stationd.emulator.wire import read_plist
-
-if TYPE_CHECKING:
-    from stationd.emulator.emulator import Emulator
 
 # os_trace_relay: the levels of its binary entries, and the fixed part of an entry (the layout pymobiledevice3
 # parses; the fields it skips are sent as zeros).
@@ -29,18 +26,13 @@ TRACE_ENTRY = 0x02
 IMAGE_UUID = uuid.UUID("5B3D1A3E-6C55-3C5A-9B1E-6A1F1D2C0E01").bytes
 
 
-class ConsoleStream:
+class ConsoleStream(DeviceConnection):
     """One client reading the console; subclasses encode a line for their protocol."""
 
     channel = "console"
 
-    def __init__(
-        self, emulator: Emulator, device: VirtualDevice, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        self.emulator = emulator
-        self.device = device
-        self.reader = reader
-        self.writer = writer
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
         self.pid: int | None = None  # only this process's lines, when set
 
     def encode(self, line: Line) -> bytes:
