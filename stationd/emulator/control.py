@@ -72,6 +72,15 @@ async def _body(request: Request) -> dict[str, Any]:
     return body
 
 
+async def _body_of(request: Request, allowed: tuple[str, ...]) -> dict[str, Any]:
+    """The JSON body, holding only the `allowed` keys."""
+    body = await _body(request)
+    unknown = set(body) - set(allowed)
+    if unknown:
+        raise ScenarioError(f"unknown key (only {' and '.join(allowed)} can be given)", sorted(unknown)[0])
+    return body
+
+
 def control_app(emulator: Emulator) -> Starlette:
     """The ASGI app of the control API for one emulator."""
 
@@ -117,10 +126,7 @@ def control_app(emulator: Emulator) -> Starlette:
         if udid not in emulator.devices:
             return _error(404, f"no virtual device with UDID {udid}")
         try:
-            body = await _body(request)
-            unknown = set(body) - {"location_id"}
-            if unknown:
-                raise ScenarioError("unknown key (only location_id can be given)", sorted(unknown)[0])
+            body = await _body_of(request, ("location_id",))
             location = body.get("location_id")
             if location is not None and (isinstance(location, bool) or not isinstance(location, int) or location < 0):
                 raise ScenarioError("must be a whole number, 0 or more", "location_id")
@@ -133,10 +139,7 @@ def control_app(emulator: Emulator) -> Starlette:
         if udid not in emulator.devices:
             return _error(404, f"no virtual device with UDID {udid}")
         try:
-            body = await _body(request)
-            unknown = set(body) - {"level", "charging"}
-            if unknown:
-                raise ScenarioError("unknown key (only level and charging can be given)", sorted(unknown)[0])
+            body = await _body_of(request, ("level", "charging"))
             if not body:
                 raise ScenarioError('give "level" (percent) and/or "charging" (true or false)')
             checked = convert_fields({"battery": body}, None)["battery"]
