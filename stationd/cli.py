@@ -496,7 +496,8 @@ def emulator_command(
 
     The virtual iPads answer on an emulated usbmuxd as iPads on USB do:
     pairing, TLS sessions, supervision, profiles, activation (against a fake
-    Apple server), erase and reboot. The emulator runs until Ctrl-C.
+    Apple server), erase and reboot, apps, console log, battery and storage.
+    The emulator runs until Ctrl-C.
 
     Rehearse a station (examples/rehearsal/ has both files ready):
     1. stationd emulator --socket /tmp/ipads.sock --scenario scenario.toml
@@ -509,7 +510,8 @@ def emulator_command(
     Or use pymobiledevice3: export USBMUXD_SOCKET_ADDRESS=/tmp/ipads.sock
 
     Control API: GET /devices, GET /devices/UDID, POST /devices (add an iPad:
-    JSON with scenario keys), POST /devices/UDID/unplug, POST /devices/UDID/plug.
+    JSON with scenario keys), POST /devices/UDID/unplug, POST /devices/UDID/plug,
+    POST /devices/UDID/battery ({"level": 8, "charging": false}).
     Every POST needs the header Content-Type: application/json. Everything listens
     on loopback only, unless --allow-remote.
     """

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ import pytest
 from typer.testing import CliRunner
 
 from stationd.cli import app
+from test_emulator_services import make_ipa
 
 PYMOBILEDEVICE3 = str(Path(sys.executable).parent / "pymobiledevice3")
 SCENARIO = """
@@ -43,7 +46,7 @@ def _start(args: list[str], socket_dir: Path) -> Running:
     """Start `stationd emulator` and read its banner (where it listens) up to the device table's end."""
     socket_path = str(socket_dir / "usbmuxd.sock")
     command = [sys.executable, "-m", "stationd.cli", "emulator", "--socket", socket_path]
-    command += ["--control", "127.0.0.1:0", "--activation", "127.0.0.1:0", *args]
+    command += ["--control", "127.0.0.1:0", "--activation", "127.0.0.1:0", "--mdm", "127.0.0.1:0", *args]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines = []
     assert process.stdout is not None
@@ -77,9 +80,13 @@ def emulator(tmp_path: Path, socket_dir: Path) -> Iterator[Running]:
     assert running.process.returncode == 0
 
 
+def _pmd3_env(running: Running, home: Path) -> dict[str, str]:
+    return os.environ | {"HOME": str(home), "USBMUXD_SOCKET_ADDRESS": running.socket, "NO_COLOR": "1"}
+
+
 def pmd3(running: Running, home: Path, *args: str) -> str:
     """Run the real pymobiledevice3 CLI against the emulator; return its standard output."""
-    env = os.environ | {"HOME": str(home), "USBMUXD_SOCKET_ADDRESS": running.socket, "NO_COLOR": "1"}
+    env = _pmd3_env(running, home)
     result = subprocess.run([PYMOBILEDEVICE3, *args], env=env, capture_output=True, text=True, timeout=60, cwd=home)
     assert result.returncode == 0, f"pymobiledevice3 {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout
@@ -147,3 +154,90 @@ def test_bad_scenario_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "[[device]] #1: activated: must be true or false" in lines[0]
+
+
+SERVICES_SCENARIO = """
+speed = 0.01
+seed = "services"
+[[device]]
+apps = [{ bundle_id = "org.example.reader", version = "3.0", build = "300", size_mb = 120 }]
+storage = { capacity_gb = 64, free_gb = 41.5 }
+battery = { level = 23, rate = 0, drain = 0, cycle_count = 187, health = 92 }
+syslog = [{ process = "mdmd", message = "Acceptance line from the scenario", level = "Error", pid = 212 }]
+"""
+
+
+def log(running: Running, udid: str) -> set[tuple[str, str]]:
+    """(channel, result) of the device's request log, from the control API."""
+    return {(e["channel"], e["result"]) for e in device(running, udid)["request_log"]}
+
+
+def syslog_live(running: Running, home: Path, udid: str, count: int, seconds: float = 30) -> list[str]:
+    """`pymobiledevice3 syslog live`, stopped with Ctrl-C after `count` lines (or `seconds`)."""
+    process = subprocess.Popen([PYMOBILEDEVICE3, "syslog", "live", "--udid", udid], env=_pmd3_env(running, home),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=home)
+    lines: queue.Queue[str] = queue.Queue()
+    output = process.stdout
+    assert output is not None
+
+    def read() -> None:
+        for line in output:
+            lines.put(line)
+
+    threading.Thread(target=read, daemon=True).start()
+    seen: list[str] = []
+    deadline = time.monotonic() + seconds
+    try:
+        while len(seen) < count and time.monotonic() < deadline:
+            try:
+                seen.append(lines.get(timeout=max(0.0, deadline - time.monotonic())))
+            except queue.Empty:
+                break
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=15)
+    return seen
+
+
+def test_pymobiledevice3_cli_reads_apps_console_battery_and_storage(tmp_path: Path, socket_dir: Path) -> None:
+    (tmp_path / "scenario.toml").write_text(SERVICES_SCENARIO)
+    running = _start(["--scenario", str(tmp_path / "scenario.toml")], socket_dir)
+    home = tmp_path / "home"
+    home.mkdir()
+    try:
+        udid = json.loads(pmd3(running, home, "usbmux", "list"))[0]["UniqueDeviceID"]
+        listed = json.loads(pmd3(running, home, "apps", "list", "--udid", udid))
+        assert listed["org.example.reader"]["CFBundleShortVersionString"] == "3.0"
+        assert listed["com.apple.mobilesafari"]["ApplicationType"] == "System"
+
+        (tmp_path / "Reader2.ipa").write_bytes(make_ipa("org.example.notes", version="1.4", build="14"))
+        pmd3(running, home, "apps", "install", str(tmp_path / "Reader2.ipa"), "--udid", udid)
+        user = json.loads(pmd3(running, home, "apps", "list", "--type", "User", "--udid", udid))
+        assert sorted(user) == ["org.example.notes", "org.example.reader"]
+        assert user["org.example.notes"]["CFBundleShortVersionString"] == "1.4"
+        state = device(running, udid)
+        assert {(a["bundle_id"], a["version"]) for a in state["apps"] if a["type"] == "User"} == {
+            ("org.example.notes", "1.4"), ("org.example.reader", "3.0")}
+
+        usage = json.loads(pmd3(running, home, "lockdown", "get", "com.apple.disk_usage", "--udid", udid))
+        assert usage["TotalDiskCapacity"] == state["storage"]["capacity"] == 64_000_000_000
+        assert usage["TotalDataAvailable"] == state["storage"]["free"] < 41_500_000_000  # the new app takes room
+        power = json.loads(pmd3(running, home, "lockdown", "get", "com.apple.mobile.battery", "--udid", udid))
+        assert (power["BatteryCurrentCapacity"], power["BatteryIsCharging"]) == (23, True)
+        battery = json.loads(pmd3(running, home, "diagnostics", "battery", "single", "--udid", udid))
+        assert (battery["CurrentCapacity"], battery["CycleCount"], battery["IsCharging"]) == (23, 187, True)
+        assert battery["BatteryData"]["MaximumCapacityPercent"] == 92
+        assert (state["battery"]["percent"], state["battery"]["charging"], state["battery"]["cycle_count"]) == (
+            23, True, 187)
+
+        lines = syslog_live(running, home, udid, count=15)
+        assert len(lines) == 15, lines
+        assert "mdmd{mdmd}[212] <ERROR>: Acceptance line from the scenario" in lines[0]
+        deadline = time.monotonic() + 20
+        while ("os_trace_relay", "ended") not in log(running, udid):
+            assert time.monotonic() < deadline, "the console stream did not end when pymobiledevice3 left"
+            time.sleep(0.05)
+    finally:
+        running.process.send_signal(signal.SIGINT)
+        running.process.communicate(timeout=15)
+    assert running.process.returncode == 0

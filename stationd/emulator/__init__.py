@@ -1,4 +1,4 @@
-"""Virtual iPads: usbmuxd, lockdownd (with TLS), MCInstall and mobileactivationd as a real client sees them."""
+"""Virtual iPads: usbmuxd, lockdownd (with TLS) and the device services behind it as a real client sees them."""
 
 from stationd.emulator.device import (
     Behaviour,

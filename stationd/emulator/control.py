@@ -6,6 +6,7 @@
     POST /devices                add a device: JSON with any DeviceSpec fields (identity generated when absent)
     POST /devices/{udid}/unplug  pull the cable
     POST /devices/{udid}/plug    plug it back: {"location_id": N} plugs it into another port
+    POST /devices/{udid}/battery set the battery: {"level": 10} and/or {"charging": false} (the port charges or not)
 
 It has no authentication: it listens on loopback only (unless the emulator runs with --allow-remote), and every POST
 must say `Content-Type: application/json`, which a web page cannot send to another site without its consent (a CORS
@@ -24,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from stationd.emulator.scenario import ScenarioError, build_spec, check_unique
+from stationd.emulator.scenario import ScenarioError, build_spec, check_unique, convert_fields
 from stationd.httpserve import is_loopback, parse_address
 
 if TYPE_CHECKING:
@@ -72,7 +73,16 @@ async def _body(request: Request) -> dict[str, Any]:
     return body
 
 
-def control_app(emulator: Emulator) -> Any:
+async def _body_of(request: Request, allowed: tuple[str, ...]) -> dict[str, Any]:
+    """The JSON body, holding only the `allowed` keys."""
+    body = await _body(request)
+    unknown = set(body) - set(allowed)
+    if unknown:
+        raise ScenarioError(f"unknown key (only {' and '.join(allowed)} can be given)", sorted(unknown)[0])
+    return body
+
+
+def control_app(emulator: Emulator) -> Starlette:
     """The ASGI app of the control API for one emulator."""
 
     async def summary(request: Request) -> Response:
@@ -117,16 +127,29 @@ def control_app(emulator: Emulator) -> Any:
         if udid not in emulator.devices:
             return _error(404, f"no virtual device with UDID {udid}")
         try:
-            body = await _body(request)
-            unknown = set(body) - {"location_id"}
-            if unknown:
-                raise ScenarioError("unknown key (only location_id can be given)", sorted(unknown)[0])
+            body = await _body_of(request, ("location_id",))
             location = body.get("location_id")
             if location is not None and (isinstance(location, bool) or not isinstance(location, int) or location < 0):
                 raise ScenarioError("must be a whole number, 0 or more", "location_id")
         except ValueError as error:
             return _error(400, str(error))
         return _JSON(emulator.plug(udid, location).snapshot())
+
+    async def battery(request: Request) -> Response:
+        udid = request.path_params["udid"]
+        if udid not in emulator.devices:
+            return _error(404, f"no virtual device with UDID {udid}")
+        try:
+            body = await _body_of(request, ("level", "charging"))
+            if not body:
+                raise ScenarioError('give "level" (percent) and/or "charging" (true or false)')
+            checked = convert_fields({"battery": body}, None)["battery"]
+        except ValueError as error:
+            return _error(400, str(error))
+        device = emulator.device(udid)
+        level = checked.level if "level" in body else None
+        device.contents.battery.set(emulator.clock(), level, checked.charging if "charging" in body else None)
+        return _JSON(device.snapshot())
 
     async def not_found(request: Request, exc: Exception) -> Response:
         return _error(404, f"no such endpoint: {request.method} {request.url.path}")
@@ -142,6 +165,7 @@ def control_app(emulator: Emulator) -> Any:
             Route("/devices/{udid}", get_device, methods=["GET"]),
             Route("/devices/{udid}/unplug", unplug, methods=["POST"]),
             Route("/devices/{udid}/plug", plug, methods=["POST"]),
+            Route("/devices/{udid}/battery", battery, methods=["POST"]),
         ],
         exception_handlers={404: not_found, 405: not_allowed},
     )

@@ -1,7 +1,8 @@
 """One virtual iPad: its identity, its persistent state, and the faults a scenario injects.
 
-This module holds data and pure rules only; the wire protocols live in `usbmuxd`, `lockdownd`, `mcinstall` and
-`activation`, and timing (erase, reboot, re-attach) lives in `emulator`.
+This module holds data and pure rules only (apps, files, battery, storage and console live in `contents`); the wire
+protocols live in `usbmuxd`, `lockdownd` and one module per service, and timing (erase, reboot, re-attach) lives in
+`emulator`.
 """
 
 from __future__ import annotations
@@ -12,12 +13,18 @@ import random
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from stationd.emulator.apps import App
+from stationd.emulator.battery import BatterySpec
+from stationd.emulator.console import Line
+from stationd.emulator.contents import Contents
+from stationd.emulator.storage import StorageSpec
 from stationd.identity import supervisor_certificate
 
 # ProductType -> (HardwareModel, ChipID, marketing name). Real values of current iPads.
@@ -38,6 +45,7 @@ class Latency:
     reboot: float = 20.0  # detached while it wipes and reboots, then re-attaches in Setup Assistant
     activation: float = 0.5  # the device's own work when it applies an activation record
     tls: float = 0.0  # extra delay before each TLS handshake ("slow TLS")
+    install: float = 2.0  # installation_proxy installing an uploaded app
 
 
 FAULT_ACTIONS = ("drop", "drop_reply", "error", "hang")
@@ -73,7 +81,8 @@ class Behaviour:
 
 @dataclass
 class Fault:
-    """Misbehave on a request: `request` is a lockdownd Request, an MCInstall RequestType or an activation Command."""
+    """Misbehave on a request: `request` is a lockdownd or diagnostics_relay Request, an MCInstall RequestType, an
+    activation Command or an installation_proxy Command."""
 
     request: str
     action: str = "drop"  # drop: close the connection instead of acting; drop_reply: act, then close without a
@@ -126,6 +135,10 @@ class DeviceSpec:
     behaviour: Behaviour = field(default_factory=Behaviour)
     faults: list[Fault] = field(default_factory=list)
     detach_after: float | None = None  # unplug itself this many seconds after its first attach
+    apps: list[App] = field(default_factory=list)  # user apps installed at start (system apps are always there)
+    storage: StorageSpec = field(default_factory=StorageSpec)
+    battery: BatterySpec = field(default_factory=BatterySpec)
+    syslog: list[Line] = field(default_factory=list)  # console lines the iPad logged before the emulator started
 
     @property
     def hardware_model(self) -> str:
@@ -184,8 +197,9 @@ class VirtualDevice:
 
     REQUEST_LOG_LENGTH = 500
 
-    def __init__(self, spec: DeviceSpec) -> None:
+    def __init__(self, spec: DeviceSpec, clock: Callable[[], float] = time.monotonic) -> None:
         self.spec = spec
+        self.contents = Contents(spec.product_version, spec.apps, spec.storage, spec.battery, spec.syslog, clock)
         self.private_key = _device_key()
         self.public_key_pem = self.private_key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.PKCS1
@@ -260,6 +274,7 @@ class VirtualDevice:
             "ActivationState": self.activation_state,
             "ActivationStateAcknowledged": self.activation_state == "Activated",
             "BluetoothAddress": _shifted_mac(self.spec.wifi_address),
+            "EthernetAddress": _shifted_mac(self.spec.wifi_address, 2),
             "CPUArchitecture": "arm64e",
             "ChipID": self.spec.chip_id,
             "DeviceColor": "1",
@@ -302,6 +317,7 @@ class VirtualDevice:
         self.paired_hosts.clear()
         self.wifi_power = True
         self.device_name = "iPad"
+        self.contents.wipe()
 
     def snapshot(self) -> dict[str, Any]:
         """Full internal state for the control API (JSON-safe)."""
@@ -346,6 +362,7 @@ class VirtualDevice:
             "wifi_power": self.wifi_power,
             "erase_count": self.erase_count,
             "paired_hosts": sorted(self.paired_hosts),
+            **self.contents.snapshot(),
             "request_log": list(self.request_log),
             "spec": spec,
         }
@@ -369,9 +386,9 @@ def supervised_cloud_configuration(organization: str, certificates: list[bytes])
     }
 
 
-def _shifted_mac(mac: str) -> str:
+def _shifted_mac(mac: str, by: int = 1) -> str:
     parts = mac.split(":")
-    parts[-1] = f"{(int(parts[-1], 16) + 1) % 256:02x}"
+    parts[-1] = f"{(int(parts[-1], 16) + by) % 256:02x}"
     return ":".join(parts)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
@@ -12,19 +13,28 @@ from typing import Any
 
 from stationd.emulator.activation import ActivationConnection
 from stationd.emulator.activation_server import ActivationAuthority, activation_app
+from stationd.emulator.afc import AFCConnection
 from stationd.emulator.control import check_loopback, control_app
 from stationd.emulator.device import DeviceSpec, VirtualDevice, generated_spec
+from stationd.emulator.diagnostics import DiagnosticsConnection
+from stationd.emulator.installation_proxy import InstallationProxyConnection
 from stationd.emulator.lockdownd import LOCKDOWN_PORT, LockdownConnection
 from stationd.emulator.mcinstall import MCInstallConnection
+from stationd.emulator.syslog import OsTraceRelayConnection, SyslogRelayConnection
 from stationd.emulator.tls import device_tls_context
 from stationd.emulator.usbmuxd import UsbmuxClient, attached_message
 from stationd.emulator.wire import WireError
 from stationd.httpserve import HTTPServer, parse_address
 
 StreamHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-SERVICE_CLASSES = {
+SERVICE_CLASSES: dict[str, Any] = {
     "com.apple.mobile.MCInstall": MCInstallConnection,
     "com.apple.mobileactivationd": ActivationConnection,
+    "com.apple.mobile.installation_proxy": InstallationProxyConnection,
+    "com.apple.afc": AFCConnection,
+    "com.apple.syslog_relay": SyslogRelayConnection,
+    "com.apple.os_trace_relay": OsTraceRelayConnection,
+    "com.apple.mobile.diagnostics_relay": DiagnosticsConnection,
 }
 FIRST_SERVICE_PORT = 49152
 
@@ -157,7 +167,7 @@ class Emulator:
     def _add(self, spec: DeviceSpec) -> VirtualDevice:
         if spec.udid in self.devices:
             raise ValueError(f"a device with UDID {spec.udid} already exists")
-        device = VirtualDevice(spec)
+        device = VirtualDevice(spec, self.clock)
         self.devices[spec.udid] = device
         return device
 
@@ -190,6 +200,7 @@ class Emulator:
             device.location_id = location_id
         first = udid not in self.plugged and device.erase_count == 0 and device.device_id is None
         self.plugged.add(udid)
+        device.contents.battery.power(True, self.clock())
         if device.status == "detached":
             self._attach(device)
         if first and device.spec.detach_after is not None:
@@ -200,6 +211,7 @@ class Emulator:
         """Pull the cable: every connection to the device drops and usbmuxd reports it detached."""
         device = self.device(udid)
         self.plugged.discard(udid)
+        device.contents.battery.power(False, self.clock())
         if device.attached:
             self._detach(device)
             device.status = "detached"
@@ -233,6 +245,10 @@ class Emulator:
         return any(d.spec.serial == serial and d.spec.activation_locked for d in self.devices.values())
 
     # -- timing ---------------------------------------------------------------------------------------------------
+    def clock(self) -> float:
+        """Emulator time in seconds: wall time divided by the speed factor (at speed 0, time stands still)."""
+        return time.monotonic() / self.speed if self.speed > 0 else 0.0
+
     async def pause(self, seconds: float) -> None:
         """Wait a device latency, scaled by the speed factor."""
         if seconds * self.speed > 0:

@@ -16,7 +16,15 @@ if TYPE_CHECKING:
     pass
 
 LOCKDOWN_PORT = 62078
-SERVICES = ("com.apple.mobile.MCInstall", "com.apple.mobileactivationd")
+SERVICES = (
+    "com.apple.mobile.MCInstall",
+    "com.apple.mobileactivationd",
+    "com.apple.mobile.installation_proxy",
+    "com.apple.afc",
+    "com.apple.syslog_relay",
+    "com.apple.os_trace_relay",
+    "com.apple.mobile.diagnostics_relay",
+)
 PUBLIC_DOMAINS = {"com.apple.mobile.lockdown", None}
 
 
@@ -67,7 +75,12 @@ class LockdownConnection(DeviceService):
         if domain not in PUBLIC_DOMAINS:
             if not in_session:
                 return {"Error": "GetProhibited"}
-            return {"Domain": domain, "Value": {}} if key is None else {"Error": "MissingValue"}
+            values = self.device.contents.domain(domain)
+            if values is None:
+                return {"Domain": domain, "Value": {}} if key is None else {"Error": "MissingValue"}
+            if key is None:
+                return {"Domain": domain, "Value": values}
+            return {"Domain": domain, "Key": key, "Value": values[key]} if key in values else {"Error": "MissingValue"}
         values = self.device.values(in_session)
         if key is None:
             return {"Value": values}

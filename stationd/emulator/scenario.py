@@ -17,6 +17,9 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from stationd.emulator.apps import BUNDLE_ID, MB, SYSTEM_BUNDLE_IDS, App
+from stationd.emulator.battery import BatterySpec
+from stationd.emulator.console import LEVELS, Line
 from stationd.emulator.device import (
     FAULT_ACTIONS,
     Behaviour,
@@ -28,6 +31,7 @@ from stationd.emulator.device import (
     generated_spec,
 )
 from stationd.emulator.mcinstall import parse_profile
+from stationd.emulator.storage import GB, StorageSpec
 
 DEFAULT_SEED = "stationd"
 MAC_ADDRESS = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
@@ -206,6 +210,86 @@ def _dep(value: Any, key: str, base: Path | None) -> DepAssignment:
     return dep
 
 
+def _number(value: Any, key: str, low: float, high: float, what: str = "a number") -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise ScenarioError(f"must be {what} from {low:g} to {high:g}", key)
+    return float(value)
+
+
+def _apps(value: Any, key: str, base: Path | None) -> list[App]:
+    """User apps: a bundle id, or { bundle_id, name, version, build, size_mb }."""
+    apps: list[App] = []
+    for i, item in enumerate(_list(value, key)):
+        where = f"{key}[{i}]"
+        table = {"bundle_id": item} if isinstance(item, str) else _table(
+            item, where, ("bundle_id", "name", "version", "build", "size_mb"))
+        if "bundle_id" not in table:
+            raise ScenarioError('is missing; name the app, e.g. "org.example.reader"', f"{where}.bundle_id")
+        bundle_id = _string(table["bundle_id"], f"{where}.bundle_id")
+        if not BUNDLE_ID.match(bundle_id):
+            raise ScenarioError("must be a bundle identifier like org.example.reader", f"{where}.bundle_id")
+        if bundle_id in SYSTEM_BUNDLE_IDS:
+            raise ScenarioError("is a system app, which every virtual iPad has already", f"{where}.bundle_id")
+        if any(app.bundle_id == bundle_id for app in apps):
+            raise ScenarioError(f"lists {bundle_id} twice", where)
+        version = _string(table.get("version", "1.0"), f"{where}.version")
+        apps.append(App(
+            bundle_id,
+            _string(table.get("name", bundle_id.rsplit(".", 1)[-1]), f"{where}.name"),
+            version=version,
+            build=_string(table.get("build", version), f"{where}.build"),
+            size=int(_number(table.get("size_mb", 50), f"{where}.size_mb", 0.001, 4000, "a size in MB") * MB),
+        ))
+    return apps
+
+
+def _storage(value: Any, key: str, base: Path | None) -> StorageSpec:
+    table = _table(value, key, ("capacity_gb", "free_gb"))
+    spec = StorageSpec(_number(table.get("capacity_gb", 64), f"{key}.capacity_gb", 16, 4096, "a size in GB"))
+    if "free_gb" in table:
+        spec.free_gb = _number(table["free_gb"], f"{key}.free_gb", 0, spec.fresh_free / GB, "a size in GB")
+    return spec
+
+
+def _battery(value: Any, key: str, base: Path | None) -> BatterySpec:
+    table = _table(value, key, ("level", "charging", "rate", "drain", "cycle_count", "health"))
+    spec = BatterySpec()
+    if "level" in table:
+        spec.level = _number(table["level"], f"{key}.level", 0, 100, "a percentage")
+    if "charging" in table:
+        spec.charging = _boolean(table["charging"], f"{key}.charging")
+    for name in ("rate", "drain"):
+        if name in table:
+            setattr(spec, name, _number(table[name], f"{key}.{name}", 0, 100, "percent per minute"))
+    if "cycle_count" in table:
+        spec.cycle_count = _integer(table["cycle_count"], f"{key}.cycle_count", 100_000)
+    if "health" in table:
+        spec.health = _integer(table["health"], f"{key}.health", 100)
+    return spec
+
+
+def _syslog(value: Any, key: str, base: Path | None) -> list[Line]:
+    """Console lines: a message (logged by the kernel), or { process, message, level, pid }."""
+    lines = []
+    for i, item in enumerate(_list(value, key)):
+        where = f"{key}[{i}]"
+        table = {"message": item} if isinstance(item, str) else _table(
+            item, where, ("process", "message", "level", "pid"))
+        if "message" not in table:
+            raise ScenarioError("is missing; give the text the iPad logs", f"{where}.message")
+        message = _string(table["message"], f"{where}.message")
+        if "\x00" in message or "\n" in message:
+            raise ScenarioError("must be one line (no newline or NUL)", f"{where}.message")
+        process = _string(table.get("process", "kernel"), f"{where}.process")
+        if not re.match(r"^[A-Za-z0-9_.-]+$", process):
+            raise ScenarioError("must be a process name like mdmd (letters, digits, . _ -)", f"{where}.process")
+        level = table.get("level", "Notice")
+        if level not in LEVELS:
+            raise ScenarioError(f"must be one of {', '.join(LEVELS)}", f"{where}.level")
+        lines.append(Line(process, message, level, _integer(table.get("pid", 0), f"{where}.pid", 99_999)))
+    return lines
+
+
 def _plain(check: Callable[[Any, str], Any]) -> Callable[[Any, str, Path | None], Any]:
     return lambda value, key, base: check(value, key)
 
@@ -243,6 +327,10 @@ CONVERTERS: dict[str, Callable[[Any, str, Path | None], Any]] = {
     "behaviour": _behaviour,
     "faults": _faults,
     "detach_after": _plain(_seconds),
+    "apps": _apps,
+    "storage": _storage,
+    "battery": _battery,
+    "syslog": _syslog,
 }
 
 
@@ -270,6 +358,12 @@ def build_spec(raw: dict[str, Any], index: int, seed: str = DEFAULT_SEED, base: 
         raise ScenarioError("needs supervised_by: the organisation this certificate supervises for", key)
     if organization is not None and not values.get("supervisor_certificates"):
         values["supervisor_certificates"] = [foreign_supervisor_certificate(organization)]
+    storage = values.get("storage")
+    app_bytes = sum(app.size for app in values.get("apps", []))
+    if storage is not None and storage.free_gb is not None and storage.free_gb * GB + app_bytes > storage.fresh_free:
+        raise ScenarioError(
+            f"leaves no room for the apps listed ({app_bytes / GB:g} GB): at most "
+            f"{(storage.fresh_free - app_bytes) / GB:g} GB can be free", "storage.free_gb")
     spec = generated_spec(index, seed, **values)
     if "ecid" in values and "udid" not in values:
         spec.udid = f"{spec.chip_id:08X}-{spec.ecid:016X}"
@@ -356,7 +450,7 @@ def _expand(
             if key in table:
                 raise ScenarioError(f"count = {count} would give every device the same {key}; drop one of them", key)
     raw = defaults | {k: v for k, v in table.items() if k != "count"}
-    for merged in ("latency", "behaviour"):
+    for merged in ("latency", "behaviour", "battery", "storage"):
         if isinstance(defaults.get(merged), dict) and isinstance(table.get(merged), dict):
             raw[merged] = defaults[merged] | table[merged]
     return [build_spec(raw, first + i, seed, base) for i in range(count)]

@@ -16,17 +16,22 @@ class CloseConnection(Exception):
     """A handler ends the connection without a reply (the reason goes to the request log)."""
 
 
-class DeviceService:
-    """One host connection to one device service. Subclasses name their request key and their error replies."""
+class DeviceConnection:
+    """One host connection to a device port: the emulator, the device, and the connection's two directions."""
 
     channel = "service"  # name in the device's request log
-    key = "Request"  # the request field of this protocol
 
     def __init__(self, emulator: Emulator, device: VirtualDevice, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
         self.emulator = emulator
         self.device = device
         self.reader = reader
         self.writer = writer
+
+
+class DeviceService(DeviceConnection):
+    """A device service that speaks length-prefixed plists. Subclasses name their request key and error replies."""
+
+    key = "Request"  # the request field of this protocol
 
     async def serve(self) -> None:
         while True:
