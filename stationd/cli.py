@@ -38,8 +38,8 @@ from stationd.identity import (
     load_identity,
 )
 from stationd.plugins import PluginError
-from stationd.ports import learn_from_usbmuxd, write_ports
-from stationd.report import device_rows, to_csv, to_json
+from stationd.portlabels import learn_from_usbmuxd, write_ports
+from stationd.export import device_rows, to_csv, to_json
 from stationd.store import StoreError, open_store
 
 app = typer.Typer(
@@ -520,7 +520,7 @@ def emulator_command(
     import tempfile
 
     from stationd.emulator.control import check_loopback
-    from stationd.emulator.device import generated_spec
+    from stationd.emulator.ipad import generated_spec
     from stationd.emulator.emulator import Emulator
     from stationd.emulator.mdm_server import mdm_app
     from stationd.emulator.scenario import (

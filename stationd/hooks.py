@@ -65,7 +65,7 @@ def stationd_port_changed(event: Event) -> None:
 
 @hookspec
 def stationd_report(device: dict[str, Any]) -> None:
-    """A finished iPad's row, as `stationd.report.device_rows` gives it (serial, udid, ecid, model, name, ...).
+    """A finished iPad's row, as `stationd.export.device_rows` gives it (serial, udid, ecid, model, name, ...).
 
     For reporters that tell other systems (Apple School Manager, an MDM, a spreadsheet) that a device is ready.
     """

@@ -19,7 +19,7 @@ from structlog.testing import capture_logs
 from stationd.api import create_app, serve
 from stationd.config import ApiConfig, PortsConfig
 from stationd.emulator import generated_spec
-from stationd.emulator.device import location_for
+from stationd.emulator.ipad import location_for
 from stationd.httpserve import HTTPServer
 
 TOKEN = "correct-horse-battery-staple-42"

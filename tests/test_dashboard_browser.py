@@ -11,7 +11,7 @@ from rig import make_rig
 from stationd.api import create_app
 from stationd.config import PortsConfig
 from stationd.emulator import generated_spec
-from stationd.emulator.device import location_for
+from stationd.emulator.ipad import location_for
 from stationd.httpserve import HTTPServer
 
 # Record every status a tile shows, so the test knows the page saw progress live and not only the end.

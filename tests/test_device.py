@@ -17,7 +17,7 @@ from pymobiledevice3 import usbmux
 
 from stationd import errors
 from stationd.device import DeviceSession
-from stationd.emulator.device import DepAssignment, Fault, generated_spec
+from stationd.emulator.ipad import DepAssignment, Fault, generated_spec
 from stationd.emulator.emulator import Emulator
 from stationd.identity import Identity, create_identity
 from stationd.pipeline.verdicts import judge_supervision

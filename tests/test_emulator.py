@@ -34,7 +34,7 @@ from pymobiledevice3.lockdown import create_using_usbmux
 from pymobiledevice3.services.mobile_activation import MobileActivationService
 from pymobiledevice3.services.mobile_config import MobileConfigService
 
-from stationd.emulator.device import DeviceSpec, Fault, Latency, generated_spec, location_for
+from stationd.emulator.ipad import DeviceSpec, Fault, Latency, generated_spec, location_for
 from stationd.emulator.emulator import Emulator
 from stationd.emulator.scenario import CONVERTERS, ScenarioError, generated_scenario, load_scenario, parse_scenario
 from stationd.emulator.thread import EmulatorThread

@@ -22,7 +22,7 @@ from pymobiledevice3.services.os_trace import OsTraceService
 from stationd.emulator.apps import App
 from stationd.emulator.battery import Battery, BatterySpec
 from stationd.emulator.console import Line
-from stationd.emulator.device import Fault
+from stationd.emulator.ipad import Fault
 from stationd.emulator.emulator import Emulator
 from stationd.emulator.media import MEDIA_LIMIT
 from stationd.emulator.scenario import ScenarioError, parse_scenario

@@ -12,7 +12,7 @@ from stationd.cli import app
 from stationd.config import example_config, load_config
 from stationd.emulator import Emulator, generated_spec
 from stationd.emulator.thread import EmulatorThread
-from stationd.ports import learn, write_ports
+from stationd.portlabels import learn, write_ports
 from stationd.usbmux import UsbWatcher
 
 

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from stationd.cli import app as cli
 from stationd.device.pairing import HOST_KEYS, host_keys
 from stationd.emulator import generated_spec
-from stationd.ports import write_ports
+from stationd.portlabels import write_ports
 from stationd.store import open_store
 
 

@@ -12,7 +12,7 @@ from rig import ORG, make_rig
 
 from stationd.config import EnrollmentConfig, ProfilesConfig, StepsConfig
 from stationd.emulator import DepAssignment, Fault, generated_spec
-from stationd.report import device_rows, to_csv
+from stationd.export import device_rows, to_csv
 from stationd.store import open_store
 
 

@@ -24,12 +24,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from stationd.api.auth import refusal
 from stationd.api.guard import BodyRefused, Guard, allowed_hosts, read_json
-from stationd.api.ports import device_view, job_view, port_views, status_counts
+from stationd.api.views import device_view, job_view, port_views, status_counts
 from stationd.config import api_exposure_problem
 from stationd.errors import ConfigurationError
 from stationd.events import Event
 from stationd.httpserve import HTTPServer, parse_address
-from stationd.report import device_rows, to_csv, to_json
+from stationd.export import device_rows, to_csv, to_json
 
 log = structlog.get_logger("stationd.api")
 

@@ -1,6 +1,6 @@
 """Virtual iPads: usbmuxd, lockdownd (with TLS) and the device services behind it as a real client sees them."""
 
-from stationd.emulator.device import (
+from stationd.emulator.ipad import (
     Behaviour,
     DepAssignment,
     DeviceSpec,

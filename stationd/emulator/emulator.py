@@ -11,11 +11,11 @@ from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from stationd.emulator.activation import ActivationConnection
+from stationd.emulator.mobileactivation import ActivationConnection
 from stationd.emulator.activation_server import ActivationAuthority, activation_app
 from stationd.emulator.afc import AFCConnection
 from stationd.emulator.control import check_loopback, control_app
-from stationd.emulator.device import DeviceSpec, VirtualDevice, generated_spec
+from stationd.emulator.ipad import DeviceSpec, VirtualDevice, generated_spec
 from stationd.emulator.diagnostics import DiagnosticsConnection
 from stationd.emulator.installation_proxy import InstallationProxyConnection
 from stationd.emulator.lockdownd import LOCKDOWN_PORT, LockdownConnection

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from stationd.emulator.apps import BUNDLE_ID, MB, SYSTEM_BUNDLE_IDS, App
 from stationd.emulator.battery import BatterySpec
 from stationd.emulator.console import LEVELS, Line
-from stationd.emulator.device import (
+from stationd.emulator.ipad import (
     FAULT_ACTIONS,
     Behaviour,
     DepAssignment,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from stationd.emulator.device import VirtualDevice
+from stationd.emulator.ipad import VirtualDevice
 from stationd.emulator.wire import plist_frame, read_plist
 
 if TYPE_CHECKING:

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from stationd.emulator.device import DeviceSpec
+from stationd.emulator.ipad import DeviceSpec
 from stationd.emulator.emulator import Emulator
 
 T = TypeVar("T")

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from stationd.usbmux import packet
 
 if TYPE_CHECKING:
-    from stationd.emulator.device import VirtualDevice
+    from stationd.emulator.ipad import VirtualDevice
     from stationd.emulator.emulator import Emulator
 
 RESULT_OK = 0

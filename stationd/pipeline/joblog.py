@@ -10,7 +10,7 @@ from typing import Any
 
 from stationd.errors import RESTART_JOB_CODES
 from stationd.redact import redact
-from stationd.report import row as report_row
+from stationd.export import row as report_row
 from stationd.states import DeviceState, JobStatus
 from stationd.store import DeviceRecord, JobRecord, Store, Transition
 

@@ -7,7 +7,7 @@ import plistlib
 from typing import TYPE_CHECKING, Any
 
 from stationd.emulator.activation_server import record_for_device
-from stationd.emulator.device import VirtualDevice
+from stationd.emulator.ipad import VirtualDevice
 from stationd.emulator.mcinstall import dep_cloud_configuration
 from stationd.emulator.service import DeviceService
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from stationd.report import device_rows, to_csv, to_json
+from stationd.export import device_rows, to_csv, to_json
 from stationd.store import open_store
 
 HOSTILE = {
