@@ -1,9 +1,8 @@
 """How fast the station's HTTP API answers while a full cart is in progress.
 
-Three processes: an emulator serving N virtual iPads (and the fake MDM), the real daemon (Station with its API on a
-loopback port) working on all of them at once, and this one as the clients: R readers on the event stream
-(`/api/stream`) and one client asking `/api/ports` and `/api/devices` in turn, for a fixed window while the iPads
-are in progress. Prints p50/p99 latency per endpoint, and for the stream the delay from an event's creation in the
+Four processes: an emulator serving N virtual iPads (and the fake MDM), the real daemon (its API on a loopback port)
+working on all of them at once, R readers of the event stream (`/api/stream`), and this one as the client asking
+`/api/ports` and `/api/devices` in turn, for a fixed window while the iPads are in progress. Prints p50/p99 latency per endpoint, and for the stream the delay from an event's creation in the
 store to its arrival at a reader, with how many iPads were in progress at the window's start and end. Figures only;
 nothing is asserted.
 
@@ -28,7 +27,7 @@ from station_config import ORG, bench_config
 
 EMULATOR = """
 import json, sys
-from stationd.daemon import demo_specs
+from stationd.demo import demo_specs
 from stationd.emulator.mdm_server import mdm_app
 from stationd.emulator.thread import EmulatorThread
 from stationd.httpserve import HTTPServer
@@ -70,14 +69,13 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
-async def measure(url: str, readers: int, seconds: float) -> dict[str, Any]:
+async def read_streams(url: str, readers: int) -> None:
+    """The stream readers, in a process of their own (a busy request loop beside them would delay them, not the
+    station): prints "ready" once all are connected, then, when stdin closes, the delays it saw as JSON."""
     import anyio
     import httpx
 
-    latencies: dict[str, list[float]] = {"/api/ports": [], "/api/devices": []}
     delays: list[float] = []
-    in_progress: list[int] = []
-    connected = anyio.Event()
     ready = 0
 
     async def read_stream() -> None:
@@ -88,30 +86,46 @@ async def measure(url: str, readers: int, seconds: float) -> dict[str, Any]:
         ):
             ready += 1
             if ready == readers:
-                connected.set()
+                print("ready", flush=True)
             async for line in response.aiter_lines():
                 if line.startswith("data: "):
                     delays.append(time.time() - json.loads(line[6:])["ts"])
+
+    async with anyio.create_task_group() as tasks:
+        for _ in range(readers):
+            tasks.start_soon(read_stream)
+        await anyio.to_thread.run_sync(sys.stdin.read)
+        tasks.cancel_scope.cancel()
+    print(json.dumps(delays), flush=True)
+
+
+async def measure(url: str, readers: int, seconds: float) -> dict[str, Any]:
+    import anyio
+    import httpx
+
+    latencies: dict[str, list[float]] = {"/api/ports": [], "/api/devices": []}
+    in_progress: list[int] = []
 
     async def busy(client: httpx.AsyncClient) -> int:
         devices = (await client.get("/api/devices")).json()["devices"]
         return sum(1 for device in devices if device["state"] not in ("done", "failed"))
 
-    async with anyio.create_task_group() as tasks:
-        for _ in range(readers):
-            tasks.start_soon(read_stream)
-        await connected.wait()
-        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-            in_progress.append(await busy(client))
-            end = time.perf_counter() + seconds
-            while time.perf_counter() < end:
-                for path, values in latencies.items():
-                    started = time.perf_counter()
-                    response = await client.get(path)
-                    values.append(time.perf_counter() - started)
-                    response.raise_for_status()
-            in_progress.append(await busy(client))
-        tasks.cancel_scope.cancel()
+    streams = subprocess.Popen([sys.executable, __file__, "--read-streams", url, str(readers)],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert (await anyio.to_thread.run_sync(streams.stdout.readline)).strip() == "ready"  # type: ignore[union-attr]
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        in_progress.append(await busy(client))
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            for path, values in latencies.items():
+                started = time.perf_counter()
+                response = await client.get(path)
+                values.append(time.perf_counter() - started)
+                response.raise_for_status()
+        in_progress.append(await busy(client))
+    streams.stdin.close()  # type: ignore[union-attr]
+    delays = json.loads(await anyio.to_thread.run_sync(streams.stdout.readline))  # type: ignore[union-attr]
+    streams.wait(timeout=30)
     return {"latencies": latencies, "delays": delays, "in_progress": in_progress}
 
 
@@ -122,7 +136,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--speed", type=float, default=0.5, help="device latency factor (1.0 = a real iPad)")
     parser.add_argument("--daemon", nargs=2, metavar=("WORKDIR", "INFO"), help=argparse.SUPPRESS)
+    parser.add_argument("--read-streams", nargs=2, metavar=("URL", "READERS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.read_streams:
+        import anyio
+
+        anyio.run(read_streams, args.read_streams[0], int(args.read_streams[1]))
+        return
     if args.daemon:
         daemon(Path(args.daemon[0]), json.loads(args.daemon[1]), args.devices)
         return

@@ -3,7 +3,8 @@
 For each N, a fresh emulator process serves N virtual iPads (a mix of activated and fresh devices, with real iPad
 latencies scaled by --speed), and a fresh bench process runs the real daemon (Station) on them, with the fake MDM,
 until every iPad is done. Prints, per N: wall time from start to the last iPad done, parallel efficiency
-(time for N / time for 1: 1.0 is perfect), the daemon process's CPU seconds per iPad, and its peak RSS.
+(time for N / time for 1: 1.0 is perfect), the daemon process's CPU seconds per iPad, the marginal CPU of each iPad
+beyond the first size (start-up left out), and its peak RSS.
 Figures only; nothing is asserted.
 
     .venv/bin/python bench/pipeline_bench.py [--sizes 1 8 32 64] [--speed 0.05]
@@ -94,17 +95,20 @@ def main() -> None:
         return
     print(f"stationd pipeline bench: {platform.python_implementation()} {platform.python_version()}, "
           f"{os.cpu_count()} CPUs, device latencies x{args.speed} (erase 4-6 s, reboot 20 s, activation 0.5 s at x1)")
-    print(f"{'iPads':>6} {'wall s':>8} {'N/1':>6} {'daemon CPU s/iPad':>18} {'peak RSS MiB':>13}")
-    base = None
+    print(f"{'iPads':>6} {'wall s':>8} {'N/1':>6} {'daemon CPU s/iPad':>18} {'marginal s/iPad':>16} {'peak RSS MiB':>13}")
+    first = None
     for n in args.sizes:
         out = subprocess.run(
             [sys.executable, __file__, "--one", str(n), "--speed", str(args.speed)],
             check=True, capture_output=True, text=True,
         )
         figures = json.loads(out.stdout.strip().splitlines()[-1])
-        base = base or figures["wall"]
-        print(f"{n:>6} {figures['wall']:>8.2f} {figures['wall'] / base:>6.2f} {figures['cpu_per_device']:>18.3f} "
-              f"{figures['rss_mib']:>13.0f}")
+        first = first or figures
+        cpu, first_cpu = figures["cpu_per_device"] * n, first["cpu_per_device"] * first["n"]
+        marginal = f"{(cpu - first_cpu) / (n - first['n']):>16.3f}" if n > first["n"] else f"{'':>16}"
+        print(f"{n:>6} {figures['wall']:>8.2f} {figures['wall'] / first['wall']:>6.2f} "
+              f"{figures['cpu_per_device']:>18.3f} {marginal} {figures['rss_mib']:>13.0f}")
+    print("marginal: daemon CPU of each iPad beyond the first size's, start-up (imports, host keys) left out")
 
 
 if __name__ == "__main__":

@@ -72,6 +72,12 @@ class Subscription:
             await self._ready.wait()
         return self._queue.popleft()
 
+    def ready(self) -> list[Event]:
+        """Every event already waiting, without waiting for more."""
+        waiting = list(self._queue)
+        self._queue.clear()
+        return waiting
+
     def __aiter__(self) -> AsyncIterator[Event]:
         return self
 

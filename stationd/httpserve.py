@@ -18,10 +18,11 @@ import ipaddress
 import resource
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import h11
 import structlog
 import uvicorn
@@ -100,9 +101,25 @@ class _BoundedProtocol(H11Protocol):
 
 
 class _Server(uvicorn.Server):
+    """uvicorn's server, leaving signals to the caller and saying when it listens (no polling)."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.listening = anyio.Event()
+
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        self.listening.set()
+
+    async def serve_then_set(self, sockets: list[socket.socket]) -> None:
+        try:
+            await self.serve(sockets=sockets)
+        finally:
+            self.listening.set()  # a server that failed to start must not leave its starter waiting
 
 
 def is_loopback(host: str) -> bool:
@@ -164,12 +181,28 @@ class HTTPServer:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
 
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[str]:
+        """Serve while the block runs (in the caller's task group: one cancellation model); yields the URL."""
+        try:
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(self.server.serve_then_set, [self.sock])
+                await self.server.listening.wait()
+                if not self.server.started:
+                    raise OSError(f"the HTTP server on {self.url} did not start")
+                try:
+                    yield self.url
+                finally:
+                    self.server.should_exit = True
+        finally:
+            self.sock.close()
+
     async def start(self) -> str:
-        self.task = asyncio.create_task(self.server.serve(sockets=[self.sock]))
-        while not self.server.started:
-            if self.task.done():
-                self.task.result()
-            await asyncio.sleep(0.005)
+        """Start in the background, for callers that stop it explicitly (`stop`): the emulator's servers, tests."""
+        self.task = asyncio.create_task(self.server.serve_then_set([self.sock]))
+        await self.server.listening.wait()
+        if self.task.done():
+            self.task.result()
         return self.url
 
     async def stop(self) -> None:

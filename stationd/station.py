@@ -30,7 +30,7 @@ from stationd.pipeline.timing import Timing
 from stationd.pipeline.worker import DeviceWorker, Pipeline
 from stationd.redact import redact
 from stationd.states import DeviceState, JobStatus
-from stationd.store import DeviceRecord, JobRecord, Store
+from stationd.store import DeviceRecord, EventRecord, JobRecord, Store
 from stationd.usbmux import UsbEvent, UsbWatcher, resolve
 from stationd.view import PortChange, StationView
 
@@ -123,28 +123,28 @@ class Station:
 
     async def _attached(self, udid: str, location_id: int | None, label: str | None) -> None:
         device = await self.store.upsert_device(udid, location_id=location_id, port_label=label)
-        await self.store.add_event("device.attached", station_id=self.station_id, udid=udid,
-                                   data={"location_id": location_id})
+        event = await self.store.add_event("device.attached", station_id=self.station_id, udid=udid,
+                                           data={"location_id": location_id})
         self.view.record(device)
-        await self._announce(self.view.plugged(udid, True))
+        await self._announce(self.view.plugged(udid, True), [event])
 
     async def _detached(self, udid: str) -> None:
-        await self.store.add_event("device.detached", station_id=self.station_id, udid=udid)
-        await self._announce(self.view.plugged(udid, False))
+        event = await self.store.add_event("device.detached", station_id=self.station_id, udid=udid)
+        await self._announce(self.view.plugged(udid, False), [event])
 
     # -- what the job log recorded: the view, port events, the bus ------------------------------------------------
-    async def _recorded(self, device: DeviceRecord | None, job: JobRecord | None) -> None:
-        await self._announce(self.view.record(device, job))
+    async def _recorded(self, device: DeviceRecord | None, job: JobRecord | None, events: list[EventRecord]) -> None:
+        await self._announce(self.view.record(device, job), events)
 
-    async def _announce(self, change: PortChange | None) -> None:
+    async def _announce(self, change: PortChange | None, events: list[EventRecord]) -> None:
         """Publish what was recorded, with the port change it made and, when a cart is finished, batch.done."""
         if change is not None:
-            await self.store.add_event("port.changed", station_id=self.station_id, udid=change.udid,
-                                       data={"status": change.status, "previous": change.previous})
+            events.append(await self.store.add_event("port.changed", station_id=self.station_id, udid=change.udid,
+                                                     data={"status": change.status, "previous": change.previous}))
             batch = self.view.batch_finished()
             if batch is not None:
-                await self.store.add_event("batch.done", station_id=self.station_id, data=batch)
-        await self.publish()
+                events.append(await self.store.add_event("batch.done", station_id=self.station_id, data=batch))
+        await self.publish(events)
 
     # -- operator actions -----------------------------------------------------------------------------------------
     async def retry(self, udid: str) -> bool:
@@ -198,16 +198,20 @@ class Station:
 
     # -- the trail ------------------------------------------------------------------------------------------------
     async def event(self, kind: str, *, udid: str | None = None, data: dict[str, Any] | None = None) -> None:
-        await self.store.add_event(kind, station_id=self.station_id, udid=udid, data=redact(data))
-        await self.publish()
+        await self.publish([await self.store.add_event(kind, station_id=self.station_id, udid=udid, data=redact(data))])
 
-    async def publish(self) -> None:
+    async def publish(self, written: list[EventRecord] | None = None) -> None:
         """Publish, in order and once each, every event the store has recorded since the last call.
 
         The bus is fed from the store's trail, so what subscribers see is exactly the audit trail, including
-        the events the store writes itself (job.started, job.interrupted, device.forgotten)."""
+        the events the store writes itself (job.started, job.interrupted, device.forgotten). When the events
+        just `written` follow the last one published without a gap, they are published as they are; otherwise
+        the trail is read from the store."""
         async with self._publishing:
-            for record in await self.store.list_events(after_id=self._published):
+            fresh = sorted((record for record in written or [] if record.id > self._published), key=lambda r: r.id)
+            if not fresh or [r.id for r in fresh] != list(range(self._published + 1, self._published + 1 + len(fresh))):
+                fresh = await self.store.list_events(after_id=self._published)
+            for record in fresh:
                 self.bus.publish(Event.from_record(record))
                 self._published = record.id
 

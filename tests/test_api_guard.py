@@ -232,7 +232,7 @@ async def test_odd_numbers_are_400_and_a_crash_is_a_json_500_with_the_security_h
             ]
             largest = await client.get("/api/events", params={"after": "9223372036854775807"})
             monkeypatch.setattr(station.store, "list_devices", broken)
-            crashed = await client.get("/api/devices")
+            crashed = await client.get("/api/export")
     assert [response.status_code for response in odd] == [400] * len(odd)
     assert all("error" in response.json() for response in odd)
     assert largest.status_code == 200 and largest.json()["events"] == []

@@ -10,7 +10,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
@@ -30,6 +30,11 @@ from stationd.errors import ConfigurationError
 from stationd.events import Event
 from stationd.httpserve import HTTPServer, parse_address
 from stationd.export import device_rows, to_csv, to_json
+
+
+if TYPE_CHECKING:
+    from stationd.station import Station
+    from stationd.store import Store
 
 log = structlog.get_logger("stationd.api")
 
@@ -63,7 +68,7 @@ class EventStream:
     and nothing more is written into a dead socket."""
 
     def __init__(
-        self, station: Any, after: int | None, heartbeat: float, closing: anyio.Event, queue: int = STREAM_QUEUE
+        self, station: Station, after: int | None, heartbeat: float, closing: anyio.Event, queue: int = STREAM_QUEUE
     ) -> None:
         self.station = station
         self.after = after
@@ -121,11 +126,12 @@ class EventStream:
                 if events.missed != missed:
                     missed = events.missed
                     floor = last = await self._replay(write, last)
-                if floor is not None and event.id <= floor:
+                batch = [e for e in [event, *events.ready()] if floor is None or e.id > floor]
+                if not batch:
                     continue
-                await write(sse(event))
-                last = event.id
-                if event.kind == "station.stopping":
+                await write(b"".join(sse(e) for e in batch))  # one write for what is waiting: fewer syscalls
+                last = batch[-1].id
+                if any(e.kind == "station.stopping" for e in batch):
                     return
 
     async def _replay(self, write: Any, after: int) -> int:
@@ -142,16 +148,16 @@ class EventStream:
 class Api:
     """The endpoints, bound to one station."""
 
-    def __init__(self, station: Any, heartbeat: float, queue: int) -> None:
+    def __init__(self, station: Station, heartbeat: float, queue: int) -> None:
         self.station = station
         self.heartbeat = heartbeat
         self.queue = queue
-        self.started_at = getattr(station, "started_at", None) or time.time()
+        self.started_at = station.started_at
         self.closing = anyio.Event()
         self.dashboard_html = (HERE / "dashboard.html").read_text(encoding="utf-8")
 
     @property
-    def store(self) -> Any:
+    def store(self) -> Store:
         return self.station.store
 
     async def dashboard(self, request: Request) -> Response:
@@ -159,7 +165,7 @@ class Api:
 
     async def station_info(self, request: Request) -> Response:
         ports = port_views(self.station)
-        devices = await self.store.list_devices()
+        devices = [view.device for view in self.station.view.devices.values()]
         config = self.station.config
         return JSONResponse(
             {
@@ -181,22 +187,20 @@ class Api:
         )
 
     async def devices(self, request: Request) -> Response:
+        """From the station's view, oldest first: no store call, however busy the station is."""
         now = time.time()
-        views = []
-        for device in await self.store.list_devices():
-            jobs = await self.store.jobs_for(device.udid)
-            views.append(device_view(device, jobs[-1] if jobs else None, self.station, now))
-        return JSONResponse({"devices": views})
+        known = sorted(self.station.view.devices.values(), key=lambda view: view.device.first_seen)
+        return JSONResponse({"devices": [device_view(v.device, v.job, self.station, now) for v in known]})
 
     async def device(self, request: Request) -> Response:
         udid = request.path_params["udid"]
-        device = await self.store.get_device(udid)
-        if device is None:
+        known = self.station.view.devices.get(udid)
+        if known is None:
             return unknown_device(udid)
         now = time.time()
         jobs = await self.store.jobs_for(udid)
         records = await self.store.list_events(udid=udid, limit=1_000_000)
-        view = device_view(device, jobs[-1] if jobs else None, self.station, now)
+        view = device_view(known.device, known.job, self.station, now)
         view["jobs"] = [job_view(job, self.station.plan, now) for job in jobs]
         view["events"] = [Event.from_record(record).as_dict() for record in records[-DEVICE_EVENTS:]]
         return JSONResponse(view)
@@ -332,7 +336,7 @@ class _GuardedStarlette(Starlette):
 
 
 def create_app(
-    station: Any, *, heartbeat: float = HEARTBEAT, queue: int = STREAM_QUEUE, hosts: frozenset[str] | None = None
+    station: Station, *, heartbeat: float = HEARTBEAT, queue: int = STREAM_QUEUE, hosts: frozenset[str] | None = None
 ) -> Starlette:
     """The API and dashboard for one station; `app.state.api.closing.set()` ends open event streams.
 
@@ -361,7 +365,7 @@ def create_app(
 
 
 @contextlib.asynccontextmanager
-async def serve(station: Any, *, heartbeat: float = HEARTBEAT) -> AsyncIterator[str | None]:
+async def serve(station: Station, *, heartbeat: float = HEARTBEAT) -> AsyncIterator[str | None]:
     """Serve the API and dashboard on `[api] listen` while the block runs; yields the URL, None when turned off."""
     config = station.config.api
     listen = config.listen
@@ -380,12 +384,10 @@ async def serve(station: Any, *, heartbeat: float = HEARTBEAT) -> AsyncIterator[
             f"cannot serve the dashboard on {listen}: {e.strerror or e}; change [api] listen "
             '(another port, or "" to turn it off)'
         ) from e
-    url = await server.start()
-    log.info("api.listening", url=url, actions="enabled" if config.token else "disabled",
-             max_connections=server.limits.max_connections)
-    try:
-        yield url
-    finally:
-        app.state.api.closing.set()
-        with anyio.CancelScope(shield=True):
-            await server.stop()
+    async with server.running() as url:
+        log.info("api.listening", url=url, actions="enabled" if config.token else "disabled",
+                 max_connections=server.limits.max_connections)
+        try:
+            yield url
+        finally:
+            app.state.api.closing.set()

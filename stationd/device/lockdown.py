@@ -9,6 +9,7 @@ pymobiledevice3's, unchanged.
 
 from __future__ import annotations
 
+import hashlib
 import plistlib
 import uuid
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 from pymobiledevice3 import exceptions as pmd
 from pymobiledevice3 import usbmux
 from pymobiledevice3.lockdown import PlistUsbmuxLockdownClient
-from pymobiledevice3.service_connection import ServiceConnection
+from pymobiledevice3.service_connection import ServiceConnection, create_ssl_context
 
 from stationd.usbmux import UsbmuxConnection
 from stationd.usbmux.address import UsbmuxAddress
@@ -26,10 +27,27 @@ from stationd.usbmux.address import UsbmuxAddress
 LOCKDOWN_PORT = 62078
 LOCKDOWN_TYPE = "com.apple.mobile.lockdown"
 _buids: dict[str, str] = {}
+_contexts: dict[str, SSLContext] = {}  # by the host certificate's SHA-256
 
 
 class Lockdown(PlistUsbmuxLockdownClient):
-    """pymobiledevice3's lockdown client, opening service connections straight to its known DeviceID."""
+    """pymobiledevice3's lockdown client, opening service connections straight to its known DeviceID, with one TLS
+    context per host certificate (pymobiledevice3 writes the key to a temporary file and loads it for every service
+    connection; the station's host certificate is the same for every iPad)."""
+
+    async def start_lockdown_service(self, name: str, include_escrow_bag: bool = False) -> ServiceConnection:
+        attributes = await self.get_service_connection_attributes(name, include_escrow_bag=include_escrow_bag)
+        context = self._tls_context() if attributes.get("EnableServiceSSL", False) else None
+        return await self.create_service_connection(attributes["Port"], ssl_context=context)
+
+    def _tls_context(self) -> SSLContext:
+        if self.pair_record is None:
+            raise pmd.NotPairedError()
+        key = hashlib.sha256(self.pair_record["HostCertificate"]).hexdigest()
+        if key not in _contexts:
+            with self.ssl_file() as path:
+                _contexts[key] = create_ssl_context(path)
+        return _contexts[key]
 
     async def create_service_connection(
         self, port: int, ssl_context: SSLContext | None = None, strip_ssl: bool = False

@@ -12,9 +12,9 @@ from stationd.errors import RESTART_JOB_CODES
 from stationd.redact import redact
 from stationd.export import row as report_row
 from stationd.states import DeviceState, JobStatus
-from stationd.store import DeviceRecord, JobRecord, Store, Transition
+from stationd.store import DeviceRecord, EventRecord, JobRecord, Store, Transition
 
-OnRecord = Callable[[DeviceRecord | None, JobRecord | None], Awaitable[None]]
+OnRecord = Callable[[DeviceRecord | None, JobRecord | None, list[EventRecord]], Awaitable[None]]
 
 
 class JobLog:
@@ -37,7 +37,7 @@ class JobLog:
         made: Transition = await self.store.record_transition(
             udid=udid, job_id=job.id, station_id=self.station_id, kind=kind, **fields
         )
-        await self.on_record(made.device, made.job)
+        await self.on_record(made.device, made.job, [made.event])
         return made.job
 
     async def checkpoint(self, udid: str, job: JobRecord, step: str, data: dict[str, Any]) -> JobRecord:
@@ -52,8 +52,8 @@ class JobLog:
             udid, serial=facts.get("serial"), ecid=facts.get("ecid"), facts=facts, location_id=location_id,
             port_label=label,
         )
-        await self.store.add_event("device.identified", station_id=self.station_id, udid=udid)
-        await self.on_record(device, None)
+        event = await self.store.add_event("device.identified", station_id=self.station_id, udid=udid)
+        await self.on_record(device, None, [event])
 
     async def job_for(self, udid: str) -> JobRecord | None:
         """The job to work on when a device attaches: none once done; a failed job resumes, unless its failure
@@ -71,7 +71,7 @@ class JobLog:
 
     async def open_job(self, udid: str) -> JobRecord:
         job = await self.store.open_job(udid, self.station_id)
-        await self.on_record(await self.store.get_device(udid), job)
+        await self.on_record(await self.store.get_device(udid), job, [])
         return job
 
     async def finish(self, udid: str, job: JobRecord) -> None:
@@ -81,11 +81,11 @@ class JobLog:
             udid=udid, job_id=job.id, station_id=self.station_id, kind="device.done", state=DeviceState.DONE,
             step="report", job_status=JobStatus.DONE,
         )
-        await self.store.add_event(
+        reported = await self.store.add_event(
             "device.reported", station_id=self.station_id, udid=udid, job_id=job.id,
             data={"device": report_row(made.device, made.job)},
         )
-        await self.on_record(made.device, made.job)
+        await self.on_record(made.device, made.job, [made.event, reported])
 
     async def current(self, job: JobRecord) -> JobRecord:
         return await self.store.get_job(job.id) or job
