@@ -86,7 +86,10 @@ class Station:
         for job in await self.store.mark_interrupted(self.station_id):
             log.info("job.interrupted_by_restart", udid=job.udid, job=job.id)
         devices = await self.store.list_devices()
-        latest = {device.udid: job for device in devices if (job := await self.jobs.latest(device.udid)) is not None}
+        latest: dict[str, JobRecord] = {}
+        for device in devices:
+            if (found := await self.jobs.latest(device.udid)) is not None:
+                latest[device.udid] = found
         self.view.load(devices, latest)
         await self.event("station.started", data={"plan": self.plan, "concurrency": self.config.station.concurrency})
         watcher = UsbWatcher(str(self.usbmux))

@@ -8,7 +8,7 @@ HandleActivationInfoWithSessionRequest with the record and the response headers 
 from __future__ import annotations
 
 import plistlib
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlencode
 
 import httpx
@@ -51,7 +51,7 @@ async def activate_device(lockdown: LockdownClient, http: httpx.AsyncClient, bas
             "record: check that the station reaches Apple's activation server (no proxy page in between), then replug."
         )
     headers = {key.decode("latin-1"): value.decode("latin-1") for key, value in answer.headers.raw}
-    reply = await service.activate_with_session(answer.content, headers)
+    reply = await service.activate_with_session(answer.content, cast(Any, headers))  # it reads them as a mapping
     if reply.get("Error"):
         raise errors.ActivationFailed(
             f"{subject.who} refused its activation record ({_short(reply['Error'])}): replug it to try again; "

@@ -138,10 +138,10 @@ async def save_pair_record(lockdown: LockdownClient, record: dict[str, Any], usb
 
 
 async def _request_pair(lockdown: LockdownClient, record: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
-    request = {"Label": lockdown.label, "Request": "Pair", "PairRecord": record, "ProtocolVersion": "2",
-               "PairingOptions": options}
+    request: dict[str, Any] = {"Label": lockdown.label, "Request": "Pair", "PairRecord": record,
+                               "ProtocolVersion": "2", "PairingOptions": options}
     reply = await lockdown.service.send_recv_plist(request)
-    error = reply.get("Error")
+    error = str(reply["Error"]) if reply.get("Error") is not None else None
     if error is None or error == "MCChallengeRequired":
         return reply
     message = f"lockdownd refused to pair: {error}"

@@ -82,7 +82,7 @@ async def _body_of(request: Request, allowed: tuple[str, ...]) -> dict[str, Any]
     return body
 
 
-def control_app(emulator: Emulator) -> Starlette:
+def control_app(emulator: Emulator) -> JsonPostsOnly:
     """The ASGI app of the control API for one emulator."""
 
     async def summary(request: Request) -> Response:

@@ -112,7 +112,7 @@ class MCInstallConnection(DeviceService):
         if self.challenge is None:
             return error(BAD_CHALLENGE_RESPONSE, "MCInstallationErrorDomain", "No escalation challenge is pending.")
         try:
-            verify_signed_challenge(message.get("SignedRequest", b""), self.challenge, [self.challenge_certificate])
+            verify_signed_challenge(message.get("SignedRequest", b""), self.challenge, [self.challenge_certificate or b""])
         except SignatureInvalid as e:
             return error(BAD_CHALLENGE_RESPONSE, "MCInstallationErrorDomain", f"The challenge response is invalid: {e}.")
         finally:

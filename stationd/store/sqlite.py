@@ -181,7 +181,7 @@ class SQLiteStore(Store):
                     (udid, serial, ecid, _dumps(facts or {}), location_id, port_label, name, now, now),
                 )
             else:
-                columns = {column: value for column, value in given.items() if value is not None}
+                columns: dict[str, Any] = {column: value for column, value in given.items() if value is not None}
                 if facts:
                     columns["facts"] = _dumps({**device.facts, **facts})
                 columns["updated_at"] = now
@@ -230,7 +230,7 @@ class SQLiteStore(Store):
             device = await _device(db, udid)
             if device is None:
                 return False
-            jobs = await _one(db, "SELECT COUNT(*) AS n FROM jobs WHERE udid = ?", (udid,))
+            jobs = await _only(db, "SELECT COUNT(*) AS n FROM jobs WHERE udid = ?", (udid,))
             await self._insert_event(
                 db,
                 "device.forgotten",
@@ -256,7 +256,7 @@ class SQLiteStore(Store):
                     "INSERT INTO jobs (udid, station_id, status, started_at) VALUES (?, ?, ?, ?)",
                     (udid, station_id, RUNNING, self._clock()),
                 )
-                job_id = cursor.lastrowid
+                job_id = int(cursor.lastrowid or 0)
                 await self._insert_event(db, "job.started", station_id=station_id, udid=udid, job_id=job_id)
                 return await _require_job(db, job_id)
             job = _job_record(row)
@@ -283,7 +283,7 @@ class SQLiteStore(Store):
         return await self._select_jobs("WHERE udid = ?", (udid,))
 
     async def unfinished_jobs(self, *, station_id: str | None = None) -> list[JobRecord]:
-        where, params = "WHERE status IN (?, ?)", list(UNFINISHED_STATUSES)
+        where, params = "WHERE status IN (?, ?)", list[Any](UNFINISHED_STATUSES)
         if station_id is not None:
             where += " AND station_id = ?"
             params.append(station_id)
@@ -362,7 +362,7 @@ class SQLiteStore(Store):
                 "INSERT INTO counters (name, value) VALUES (?, 1) ON CONFLICT (name) DO UPDATE SET value = value + 1",
                 (name,),
             )
-            row = await _one(db, "SELECT value FROM counters WHERE name = ?", (name,))
+            row = await _only(db, "SELECT value FROM counters WHERE name = ?", (name,))
             return int(row["value"])
 
         return await self._atomic(body)
@@ -421,7 +421,7 @@ class SQLiteStore(Store):
     async def list_events(
         self, *, after_id: int = 0, udid: str | None = None, limit: int = 1000
     ) -> list[EventRecord]:
-        where, params = "WHERE id > ?", [after_id]
+        where, params = "WHERE id > ?", list[Any]([after_id])
         if udid is not None:
             where += " AND udid = ?"
             params.append(udid)
@@ -443,7 +443,8 @@ class SQLiteStore(Store):
         self._require_open()
         async with self._lock:
             with anyio.CancelScope(shield=True):
-                return await self._transaction(body, write)
+                result = await self._transaction(body, write)
+        return result
 
     async def _transaction(self, body: Body[T], write: bool) -> T:
         """Run body between BEGIN and COMMIT; roll back on any error."""
@@ -471,7 +472,7 @@ class SQLiteStore(Store):
             "CREATE TABLE IF NOT EXISTS schema_version"
             " (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
         )
-        row = await _one(db, "SELECT COALESCE(MAX(version), 0) AS version FROM schema_version")
+        row = await _only(db, "SELECT COALESCE(MAX(version), 0) AS version FROM schema_version")
         version, latest = row["version"], len(MIGRATIONS)
         if version > latest:
             raise StoreError(
@@ -522,8 +523,7 @@ class SQLiteStore(Store):
                 _dumps(data or {}),
             ),
         )
-        row = await _one(db, "SELECT * FROM events WHERE id = ?", (cursor.lastrowid,))
-        return _event_record(row)
+        return _event_record(await _only(db, "SELECT * FROM events WHERE id = ?", (cursor.lastrowid,)))
 
 
 def explain(path: Path, error: OSError | sqlite3.Error) -> str:
@@ -574,8 +574,16 @@ def _dumps(value: Any) -> str:
 
 
 async def _one(db: aiosqlite.Connection, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row | None:
-    rows = await db.execute_fetchall(sql, tuple(params))
+    rows = list(await db.execute_fetchall(sql, tuple(params)))
     return rows[0] if rows else None
+
+
+async def _only(db: aiosqlite.Connection, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row:
+    """The one row a query must return (an aggregate, a row just written)."""
+    row = await _one(db, sql, params)
+    if row is None:
+        raise StoreError(f"the database returned no row for {sql.split()[0]} ... where one was expected")
+    return row
 
 
 async def _device(db: aiosqlite.Connection, udid: str) -> DeviceRecord | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,7 +63,7 @@ class UsbWatcher:
         ordered = sorted(self._devices.values(), key=lambda e: e.connection_type == "USB")
         return {e.udid: e for e in ordered if e.udid is not None}
 
-    async def events(self) -> AsyncIterator[UsbEvent]:
+    async def events(self) -> AsyncGenerator[UsbEvent, None]:
         """Yield hotplug events for ever; close it with `contextlib.aclosing` or by cancelling its consumer."""
         delay = self.backoff[0]
         up: bool | None = None
