@@ -28,6 +28,7 @@ DEFAULT_PATTERNS: dict[str, dict[str, str]] = {
     PortStatus.EMPTY: {},
     PortStatus.BUSY: {"green": "blink"},
     PortStatus.WAITING: {"green": "slow"},
+    PortStatus.HELD: {"red": "slow"},
     PortStatus.DONE: {"green": "on"},
     PortStatus.FAILED: {"red": "on"},
 }

@@ -23,8 +23,8 @@ from stationd.hooks import hookimpl
 from stationd.plugins import PluginContext, Settings
 from stationd.states import PortStatus
 
-STYLES = {PortStatus.BUSY: "yellow", PortStatus.WAITING: "cyan", PortStatus.DONE: "green",
-          PortStatus.FAILED: "bold red"}
+STYLES = {PortStatus.BUSY: "yellow", PortStatus.WAITING: "cyan", PortStatus.HELD: "magenta",
+          PortStatus.DONE: "green", PortStatus.FAILED: "bold red"}
 JOB_KINDS = ("job.started", "job.resumed", "job.retried", "step.started", "step.progress", "step.finished",
              "step.waiting", "step.retrying")
 
@@ -104,6 +104,8 @@ class Board:
             row.step, row.error = event.step, None
         elif kind == "step.finished" and event.step:
             row.finished.add(event.step)
+        elif kind == "step.held":
+            row.error = event.data.get("error_message") or "on hold"
         elif kind == "step.retrying":
             row.error = f"retrying: {event.data.get('error_message') or event.data.get('error_code')}"
         elif kind == "step.failed":

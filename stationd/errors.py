@@ -54,6 +54,19 @@ class DeviceBusy(StationError):
     transient = True
 
 
+class Held(StationError):
+    """The iPad waits for something outside the station (its charge, Apple School Manager, the work list, the fleet
+    database): its port shows "held" with the message, and the step is tried again every `recheck` seconds, or at
+    once when an operator nudges it, without using its retries. Subclasses name what it waits for."""
+
+    code = "held"
+    title = "Waiting"
+
+    def __init__(self, message: str, *, recheck: float = 30.0, **details: Any) -> None:
+        super().__init__(message, **details)
+        self.recheck = recheck
+
+
 class InternalError(StationError):
     """A bug in the station (or a plugin of the pipeline): this iPad stops, every other one carries on."""
 

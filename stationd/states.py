@@ -17,6 +17,7 @@ class DeviceState(StrEnum):
 
     NEW = "new"
     WAITING = "waiting"  # restarting between steps (after an erase), or asked to be looked at again
+    HELD = "held"  # waiting for something outside the station (charge, Apple School Manager, ...): goes on by itself
     INTERRUPTED = "interrupted"
     DONE = "done"
     FAILED = "failed"
@@ -28,5 +29,6 @@ class PortStatus(StrEnum):
     EMPTY = "empty"  # nothing plugged in, or a finished iPad was taken away
     BUSY = "busy"  # a step is running
     WAITING = "waiting"  # the iPad is restarting by itself, or was unplugged mid-job: it resumes when back
+    HELD = "held"  # the iPad waits for something outside the station; the message says what; it goes on by itself
     DONE = "done"
     FAILED = "failed"  # it needs a hand: the message says what to do

@@ -13,6 +13,9 @@ from stationd.states import DeviceState, PortStatus
 from stationd.store import DeviceRecord, JobRecord
 
 
+UNFINISHED = (PortStatus.BUSY, PortStatus.WAITING, PortStatus.HELD)  # a cart is not finished while a port shows one
+
+
 @dataclass
 class DeviceView:
     device: DeviceRecord
@@ -45,6 +48,8 @@ def status_of(state: str, attached: bool) -> PortStatus:
         return PortStatus(state) if attached else PortStatus.EMPTY
     if state == DeviceState.NEW:
         return PortStatus.BUSY if attached else PortStatus.EMPTY
+    if state == DeviceState.HELD:
+        return PortStatus.HELD if attached else PortStatus.EMPTY
     return PortStatus.BUSY if attached and state != DeviceState.WAITING else PortStatus.WAITING
 
 
@@ -96,14 +101,14 @@ class StationView:
             if owner == view.device.udid and other != label:
                 del self.ports[other]
         self.ports[label] = (view.device.udid, status)
-        if status in (PortStatus.BUSY, PortStatus.WAITING):
+        if status in UNFINISHED:
             self._batch_announced = False
         return PortChange(view.device.udid, label, status, previous[1] if previous else PortStatus.EMPTY)
 
     def batch_finished(self) -> dict[str, int] | None:
-        """Counts of done and failed ports the first time no port is busy or waiting, once per batch."""
+        """Counts of done and failed ports the first time no port is busy, waiting or held, once per batch."""
         statuses = Counter(status for _, status in self.ports.values())
-        if statuses[PortStatus.BUSY] or statuses[PortStatus.WAITING]:
+        if any(statuses[status] for status in UNFINISHED):
             self._batch_announced = False
             return None
         if self._batch_announced:

@@ -303,3 +303,39 @@ async def test_a_replug_after_transient_failures_gets_a_fresh_retry_budget(tmp_p
         assert second[spec.udid].data["error_code"] == "enrollment_unavailable"
         assert [e.data["try"] for e in seen if e.kind == "step.retrying"] == [1, 2, 3]
         assert rig.device(spec.udid)["erase_count"] == 1
+
+
+@pytest.mark.anyio
+async def test_a_held_ipad_shows_why_keeps_no_slot_and_goes_on_by_itself(tmp_path: Path, monkeypatch) -> None:
+    from stationd.errors import Held
+    from stationd.pipeline import steps
+
+    held, other = generated_spec(0), generated_spec(1)
+    release = {"now": False}
+    activate = steps.STEP_FUNCTIONS["activate"]
+
+    async def gated(ctx):
+        if ctx.udid == held.udid and not release["now"]:
+            raise Held("waiting for something outside the station", recheck=0.05)
+        return await activate(ctx)
+
+    monkeypatch.setitem(steps.STEP_FUNCTIONS, "activate", gated)
+    async with make_rig(tmp_path, [held, other]) as rig:
+        seen: list = []
+
+        def on_event(event) -> None:
+            seen.append(event)
+            if event.kind == "device.done" and event.udid == other.udid:
+                release["now"] = True
+
+        station_config = dataclasses.replace(rig.config.station, concurrency=1)
+        finals = await rig.run_until_settled([held.udid, other.udid], on_event=on_event, station=station_config)
+        assert {e.kind for e in finals.values()} == {"device.done"}, "the held iPad kept no slot from the other"
+        ports = [(e.udid, e.data["status"]) for e in seen if e.kind == "port.changed"]
+        assert (held.udid, "held") in ports
+        holds = [e for e in seen if e.kind == "step.held"]
+        assert holds and holds[0].data["error_code"] == "held" and "outside" in holds[0].data["error_message"]
+        assert not [e for e in seen if e.kind == "step.retrying"], "a hold uses no retries"
+        batches = [e.id for e in seen if e.kind == "batch.done"]
+        last_held = max(e.id for e in seen if e.kind == "step.held")
+        assert all(batch > last_held for batch in batches), "no cart is finished while a port is held"

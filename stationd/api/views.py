@@ -129,7 +129,7 @@ def _occupied(
             {key: summary[key] for key in ("steps_done", "steps_total", "started_at", "finished_at", "elapsed")}
         )
         view["job_id"] = summary["id"]
-    if status == PortStatus.FAILED:
+    if status in (PortStatus.FAILED, PortStatus.HELD):
         view.update(
             error_code=device.error_code,
             error_title=title(device.error_code),

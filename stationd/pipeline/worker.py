@@ -21,7 +21,7 @@ import structlog
 
 from stationd.config import Config
 from stationd.device import DeviceFacts, DeviceSession, SessionOpener
-from stationd.errors import DeviceGone, EraseTimeout, InternalError, StationError, StepTimeout
+from stationd.errors import DeviceGone, EraseTimeout, Held, InternalError, StationError, StepTimeout
 from stationd.pipeline.joblog import JobLog
 from stationd.pipeline.steps import STEP_FUNCTIONS, Outcome, erase_proven
 from stationd.pipeline.timing import Timing
@@ -99,6 +99,7 @@ class DeviceWorker:
         self.life = anyio.CancelScope()  # the whole worker, cancelled when the device is forgotten
         self.deadline: float | None = None  # when an erased device must be back
         self.running_step = "identify"
+        self.recheck = 0.0  # when held: seconds until the step is tried again
         self.log = log.bind(udid=udid)
 
     # -- signals from the USB watcher and the operator ------------------------------------------------------------
@@ -137,6 +138,9 @@ class DeviceWorker:
                     await self._wait_detached(time.monotonic() + timing.erase_start)
                 elif result == "interrupted":
                     await self._wait_detached(time.monotonic() + timing.backoff[0])
+                elif result == "held":  # no concurrency slot is kept while it waits
+                    with anyio.move_on_after(self.recheck):
+                        await self.wake.wait()
 
     async def _wait_detached(self, deadline: float) -> None:
         """Let the device go away (an erasing iPad detaches) before looking for it again."""
@@ -169,7 +173,7 @@ class DeviceWorker:
             )
 
     async def _attempt(self, job: JobRecord) -> str:
-        """Run the job while the device stays attached: 'done', 'failed', 'waiting' or 'interrupted'."""
+        """Run the job while the device stays attached: 'done', 'failed', 'waiting', 'held' or 'interrupted'."""
         async with self.pipeline.limiter:
             with anyio.CancelScope() as scope:
                 self.scope = scope
@@ -195,6 +199,14 @@ class DeviceWorker:
         while True:
             try:
                 return await self._steps(job)
+            except Held as held:
+                await self.jobs.transition(
+                    self.udid, await self.jobs.current(job), "step.held", state=DeviceState.HELD,
+                    step=self.running_step, error_code=held.code, error_message=str(held),
+                )
+                self.log.info("step.held", step=self.running_step, reason=held.code)
+                self.recheck = held.recheck
+                return "held"
             except StationError as e:
                 if isinstance(e, DeviceGone):
                     raise

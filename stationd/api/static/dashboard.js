@@ -9,7 +9,7 @@ const EVENT_KINDS = [
 ];
 
 const STATUS_WORDS = {
-  empty: "Empty", busy: "Busy", waiting: "Waiting", done: "Done", failed: "Needs a hand",
+  empty: "Empty", busy: "Busy", waiting: "Waiting", held: "On hold", done: "Done", failed: "Needs a hand",
 };
 
 const STEP_WORDS = {
@@ -23,6 +23,7 @@ const ICONS = {
   busy: [["path", { d: "M12 3a9 9 0 1 0 9 9" }]],
   waiting: [["circle", { cx: 12, cy: 12, r: 9 }], ["path", { d: "M12 7v5l3.5 2" }]],
   failed: [["path", { d: "M12 3l10 18H2z" }], ["path", { d: "M12 10v5" }], ["path", { d: "M12 18v.01" }]],
+  held: [["path", { d: "M9 5v14" }], ["path", { d: "M15 5v14" }]],
   empty: [["circle", { cx: 12, cy: 12, r: 9, "stroke-dasharray": "3 3" }]],
 };
 
@@ -105,6 +106,7 @@ function stepLine(port) {
     return port.restarting ? "Erasing and restarting, leave it plugged in" : "Waiting for the iPad to come back";
   }
   if (port.status === "busy") return stepWords(port.step) || "Starting";
+  if (port.status === "held") return port.error_message || "Waiting; it goes on by itself";
   return "Free: plug an iPad in";
 }
 
