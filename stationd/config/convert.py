@@ -211,9 +211,7 @@ def path(base: Path) -> Converter:
 
 def texts(value: Any) -> tuple[str, ...]:
     """A list of texts, none blank."""
-    if not isinstance(value, list) or not all(isinstance(item, str) and item.strip() for item in value):
-        raise Invalid("a list of texts in square brackets", value, example='["Location", "Siri"]')
-    return tuple(value)
+    return tuple(_each(value, text, "a list of texts in square brackets", '["Location", "Siri"]'))
 
 
 def paths(base: Path) -> Converter:
@@ -221,9 +219,7 @@ def paths(base: Path) -> Converter:
     to_path = path(base)
 
     def convert(value: Any) -> tuple[Path, ...]:
-        if not isinstance(value, list) or not all(isinstance(item, str) and item.strip() for item in value):
-            raise Invalid("a list of file paths in square brackets", value, example='["apps.mobileconfig"]')
-        return tuple(to_path(item) for item in value)
+        return tuple(_each(value, to_path, "a list of file paths in square brackets", '["apps.mobileconfig"]'))
 
     return convert
 
@@ -260,6 +256,19 @@ def url(value: Any) -> str:
         raise Invalid("a web address starting with https:// or http://", value,
                       example='"https://mdm.example.org/enroll"')
     return value
+
+
+def _each(value: Any, convert: Converter, expected: str, example: str) -> list[Any]:
+    """Each item of the list `value` converted; a refused item is named by its index."""
+    if not isinstance(value, list):
+        raise Invalid(expected, value, example=example)
+    converted = []
+    for index, item in enumerate(value):
+        try:
+            converted.append(convert(item))
+        except Invalid as bad:
+            raise bad.inside(f"[{index}]") from None
+    return converted
 
 
 def _unquoted(value: Any) -> str:

@@ -102,10 +102,11 @@ class _Reader:
                     self.error(name, key, problem)
                     del table[key]
 
-    def error(self, section: str, key: str | None, message: str) -> None:
+    def error(self, section: str, key: str | None, message: str, below: str = "") -> None:
+        """Record a problem at `section.key` (and `below` it: "[2]", ".name"), on the line that key is on."""
         line = self.lines.get((section, key)) if key else None
         line = line or self.lines.get((section,))
-        self.issues.append(ConfigIssue(line, f"{section}.{key}" if key else f"[{section}]", message))
+        self.issues.append(ConfigIssue(line, f"{section}.{key}{below}" if key else f"[{section}]", message))
 
     def _ports(self) -> dict[int, str]:
         """[ports]: keys are LocationIDs (hex like "0x01110000" or decimal), values the labels people read."""
@@ -164,8 +165,8 @@ class _Reader:
                 found[key] = converters[key](value)
             except Invalid as bad:
                 self.invalid.add((section, key))
-                example = bad.example or _default_literal(section, key)
-                self.error(section, key, with_example(bad.explain(f"{section}.{key}"), key, example))
+                example = None if bad.key else bad.example or _default_literal(section, key)
+                self.error(section, key, with_example(bad.explain(f"{section}.{key}{bad.key}"), key, example), bad.key)
         return found
 
     def _check_organization(self, found: dict[str, Any]) -> None:
