@@ -6,7 +6,6 @@ certificates and profiles are given inline (PEM text, XML plist text).
 
 from __future__ import annotations
 
-import difflib
 import re
 import tomllib
 from collections.abc import Callable, Iterable
@@ -17,6 +16,8 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from stationd.config import convert
+from stationd.config.convert import Converter, Invalid, unknown
 from stationd.emulator.apps import BUNDLE_ID, MB, SYSTEM_BUNDLE_IDS, App
 from stationd.emulator.battery import BatterySpec
 from stationd.emulator.console import LEVELS, Line
@@ -34,6 +35,7 @@ from stationd.emulator.mcinstall import parse_profile
 from stationd.emulator.storage import GB, StorageSpec
 
 DEFAULT_SEED = "stationd"
+SCENARIO_KEYS = ("speed", "seed", "defaults", "device")
 MAC_ADDRESS = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
 
@@ -69,51 +71,45 @@ class Scenario:
 
 
 # -- values -----------------------------------------------------------------------------------------------------------
+# Each check is one of the configuration's kinds (stationd.config.convert), so a scenario is refused in the words
+# the configuration file uses; `key` is the value's full name in the device table.
+def _check(kind: Converter, value: Any, key: str) -> Any:
+    try:
+        return kind(value)
+    except Invalid as bad:
+        raise ScenarioError(bad.explain(key + bad.key), key + bad.key) from None
+
+
 def _string(value: Any, key: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ScenarioError("must be a non-empty string", key)
-    return value
+    return _check(convert.text, value, key)
 
 
 def _boolean(value: Any, key: str) -> bool:
-    if not isinstance(value, bool):
-        raise ScenarioError("must be true or false", key)
-    return value
+    return _check(convert.boolean, value, key)
 
 
 def _integer(value: Any, key: str, maximum: int = 2**64 - 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= maximum:
-        limit = f"from 0 to {maximum}" if maximum < 1_000_000 else "0 or more"
-        raise ScenarioError(f"must be a whole number, {limit}", key)
-    return value
+    return _check(convert.whole(0, maximum), value, key)
 
 
 def _seconds(value: Any, key: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise ScenarioError("must be a number of seconds, 0 or more", key)
-    return float(value)
+    return _check(convert.number(0, what="a number of seconds"), value, key)
+
+
+def _number(value: Any, key: str, low: float, high: float, what: str = "a number") -> float:
+    return _check(convert.number(low, high, what=what), value, key)
+
+
+def _one_of(value: Any, key: str, options: Iterable[Any]) -> Any:
+    return _check(convert.choice(options), value, key)
 
 
 def _table(value: Any, key: str, allowed: Iterable[str]) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise ScenarioError("must be a table, like { key = value, ... }", key)
-    allowed = list(allowed)
-    for name in value:
-        if name not in allowed:
-            raise ScenarioError(_unknown(name, allowed), f"{key}.{name}")
-    return value
+    return _check(convert.table(allowed), value, key)
 
 
 def _list(value: Any, key: str) -> list[Any]:
-    if not isinstance(value, list):
-        raise ScenarioError("must be a list, like [ ... ]", key)
-    return value
-
-
-def _unknown(name: str, allowed: list[str]) -> str:
-    close = difflib.get_close_matches(name, allowed, n=1)
-    hint = f"did you mean {close[0]!r}?" if close else "known keys: " + ", ".join(sorted(allowed))
-    return f"unknown key ({hint})"
+    return _check(convert.items, value, key)
 
 
 def _file_or_text(value: Any, key: str, base: Path | None, inline: Callable[[str], bool], what: str) -> bytes:
@@ -164,12 +160,7 @@ def _latency(value: Any, key: str, base: Path | None) -> Latency:
 
 def _behaviour(value: Any, key: str, base: Path | None) -> Behaviour:
     table = _table(value, key, Behaviour.CHOICES)
-    for name, given in table.items():
-        choices = Behaviour.CHOICES[name]
-        if isinstance(given, bool) or given not in choices:
-            shown = " or ".join(f'"{c}"' if isinstance(c, str) else str(c) for c in choices)
-            raise ScenarioError(f"must be {shown}", f"{key}.{name}")
-    return Behaviour(**table)
+    return Behaviour(**{name: _one_of(v, f"{key}.{name}", Behaviour.CHOICES[name]) for name, v in table.items()})
 
 
 def _faults(value: Any, key: str, base: Path | None) -> list[Fault]:
@@ -179,9 +170,7 @@ def _faults(value: Any, key: str, base: Path | None) -> list[Fault]:
         table = _table(item, where, ("request", "action", "on_try"))
         if "request" not in table:
             raise ScenarioError('is missing; name the request to misbehave on, e.g. "StartSession"', f"{where}.request")
-        action = table.get("action", "drop")
-        if action not in FAULT_ACTIONS:
-            raise ScenarioError(f"must be one of {', '.join(FAULT_ACTIONS)}, not {action!r}", f"{where}.action")
+        action = _one_of(table.get("action", "drop"), f"{where}.action", FAULT_ACTIONS)
         faults.append(
             Fault(
                 request=_string(table["request"], f"{where}.request"),
@@ -283,9 +272,7 @@ def _syslog(value: Any, key: str, base: Path | None) -> list[Line]:
         process = _string(table.get("process", "kernel"), f"{where}.process")
         if not re.match(r"^[A-Za-z0-9_.-]+$", process):
             raise ScenarioError("must be a process name like mdmd (letters, digits, . _ -)", f"{where}.process")
-        level = table.get("level", "Notice")
-        if level not in LEVELS:
-            raise ScenarioError(f"must be one of {', '.join(LEVELS)}", f"{where}.level")
+        level = _one_of(table.get("level", "Notice"), f"{where}.level", LEVELS)
         lines.append(Line(process, message, level, _integer(table.get("pid", 0), f"{where}.pid", 99_999)))
     return lines
 
@@ -332,6 +319,7 @@ CONVERTERS: dict[str, Callable[[Any, str, Path | None], Any]] = {
     "battery": _battery,
     "syslog": _syslog,
 }
+_KNOWN_KEYS = "known keys: " + ", ".join(sorted(CONVERTERS))
 
 
 def convert_fields(raw: dict[str, Any], base: Path | None) -> dict[str, Any]:
@@ -339,7 +327,7 @@ def convert_fields(raw: dict[str, Any], base: Path | None) -> dict[str, Any]:
     converted = {}
     for key, value in raw.items():
         if key not in CONVERTERS:
-            raise ScenarioError(_unknown(key, list(CONVERTERS)), key)
+            raise ScenarioError(unknown(key, CONVERTERS, listing=_KNOWN_KEYS), key)
         converted[key] = CONVERTERS[key](value, key, base)
     return converted
 
@@ -413,9 +401,9 @@ def parse_scenario(data: dict[str, Any], base: Path | None = None, source: str |
 
 def _parse(data: dict[str, Any], base: Path | None) -> Scenario:
     for key in data:
-        if key not in ("speed", "seed", "defaults", "device"):
-            raise ScenarioError(_unknown(key, ["speed", "seed", "defaults", "device"]), key)
-    speed = _seconds(data.get("speed", 1.0), "speed")
+        if key not in SCENARIO_KEYS:
+            raise ScenarioError(unknown(key, SCENARIO_KEYS), key)
+    speed = _check(convert.number(0, what="a speed factor"), data.get("speed", 1.0), "speed")
     seed = _string(data.get("seed", DEFAULT_SEED), "seed")
     defaults = data.get("defaults", {})
     if not isinstance(defaults, dict):
