@@ -120,7 +120,7 @@ def shown(value: Any, key: str = "") -> str:
         return kind(value)
     if isinstance(value, str):
         text = toml_string(redact_text(value))
-        return text if len(text) <= SHOWN_LENGTH else text[: SHOWN_LENGTH - 3] + '..."'
+        return text if len(text) <= SHOWN_LENGTH else text[: SHOWN_LENGTH - 4] + '..."'
     if isinstance(value, (bool, int, float)):
         return toml_literal(value)
     return kind(value)
