@@ -199,12 +199,6 @@ def _dep(value: Any, key: str, base: Path | None) -> DepAssignment:
     return dep
 
 
-def _number(value: Any, key: str, low: float, high: float, what: str = "a number") -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-        raise ScenarioError(f"must be {what} from {low:g} to {high:g}", key)
-    return float(value)
-
-
 def _apps(value: Any, key: str, base: Path | None) -> list[App]:
     """User apps: a bundle id, or { bundle_id, name, version, build, size_mb }."""
     apps: list[App] = []
