@@ -42,7 +42,8 @@ def check_config(config: Config) -> list[str]:
     for pane in config.steps.skip_setup:
         if pane not in KNOWN_SETUP_PANES:
             problems.append(
-                f'warning: steps.skip_setup: "{pane}" is not a Setup Assistant screen stationd knows; check its spelling'
+                f'warning: steps.skip_setup: "{pane}" is not a Setup Assistant screen stationd knows; '
+                "check its spelling"
             )
     return problems
 
