@@ -8,11 +8,9 @@ moves on to its next event. A slow plugin only delays itself; plain functions ru
 from __future__ import annotations
 
 import collections
-import difflib
 import importlib
 import importlib.metadata
 import inspect
-import json
 import pkgutil
 import threading
 import traceback
@@ -26,7 +24,8 @@ import pluggy
 import structlog
 
 from stationd import hooks
-from stationd.config import PluginsConfig, PortsConfig
+from stationd.config import PluginsConfig, PortsConfig, convert
+from stationd.config.convert import Converter, Invalid, closest, unknown, with_example
 from stationd.events import Event, EventBus
 
 ENTRY_POINT_GROUP = "stationd.plugins"
@@ -75,7 +74,11 @@ def builtin_names() -> list[str]:
 
 
 class Settings:
-    """Read one plugin's `[plugins.NAME]` table; each mistake raises `PluginConfigError` naming its key."""
+    """Read one plugin's `[plugins.NAME]` table; each mistake raises `PluginConfigError` naming its key.
+
+    The values are checked by the configuration's own kinds (`stationd.config.convert`), so a plugin's messages
+    read like the rest of the file's. An `example` is the key's value as written in TOML, or its whole line.
+    """
 
     def __init__(self, name: str, table: dict[str, Any], known: Iterable[str]) -> None:
         self.name = name
@@ -83,74 +86,46 @@ class Settings:
         known = list(known)
         for key in self.table:
             if key not in known:
-                close = difflib.get_close_matches(key, known, n=1)
-                hint = f"did you mean {close[0]}?" if close else f"[plugins.{name}] takes " + ", ".join(known)
-                raise self.error(key, f"unknown setting; {hint}")
+                listing = f"[plugins.{name}] takes " + ", ".join(known)
+                raise self.error(key, unknown(key, known, "setting", listing=listing))
 
     def error(self, key: str, message: str) -> PluginConfigError:
         return PluginConfigError(f"plugins.{self.name}.{key}", message)
 
-    def _get(self, key: str, default: Any, example: str) -> Any:
-        if key in self.table:
-            return self.table[key]
-        if default is _MISSING:
-            raise self.error(key, f"is missing; write it under [plugins.{self.name}], for example: {example}")
-        return default
+    def read(self, key: str, default: Any, kind: Converter, example: str = "") -> Any:
+        """The value of `key` (or `default`) converted by `kind`; missing without a default is an error."""
+        example = example.partition(" = ")[2] if example.startswith(f"{key} = ") else example
+        if key not in self.table and default is _MISSING:
+            hint = f", for example: {key} = {example}" if example else ""
+            raise self.error(key, f"is missing; write it under [plugins.{self.name}]{hint}")
+        value = self.table.get(key, default)
+        try:
+            return kind(value)
+        except Invalid as bad:
+            where = key + bad.key
+            sentence = bad.explain(f"plugins.{self.name}.{where}")
+            raise self.error(where, with_example(sentence, key, "" if bad.key else example or bad.example)) from None
 
     def text(self, key: str, default: Any = _MISSING, *, example: str = "") -> str:
-        value = self._get(key, default, example)
-        if not isinstance(value, str) or not value.strip():
-            raise self.error(key, f"must be text between double quotes, not {show(value)}; for example: {example}")
-        return value.strip()
+        return self.read(key, default, convert.text, example).strip()
 
     def choice(self, key: str, default: str, choices: Iterable[str]) -> str:
-        choices = list(choices)
-        value = self._get(key, default, "")
-        if value not in choices:
-            raise self.error(key, f"is {show(value)}; write one of " + ", ".join(json.dumps(c) for c in choices))
-        return value
+        return self.read(key, default, convert.choice(choices))
 
     def number(self, key: str, default: float, *, minimum: float = 0.0) -> float:
-        value = self._get(key, default, "")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
-            raise self.error(key, f"must be a number of at least {minimum:g}, not {show(value)}")
-        return float(value)
+        return self.read(key, default, convert.number(minimum))
 
     def integer(self, key: str, default: int, *, minimum: int = 0) -> int:
-        value = self._get(key, default, "")
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise self.error(key, f"must be a whole number of at least {minimum}, not {show(value)}")
-        return value
+        return self.read(key, default, convert.whole(minimum))
 
     def flag(self, key: str, default: bool) -> bool:
-        value = self._get(key, default, "")
-        if not isinstance(value, bool):
-            raise self.error(key, f"must be true or false, not {show(value)}")
-        return value
+        return self.read(key, default, convert.boolean)
 
     def texts(self, key: str, default: Iterable[str], *, example: str = "") -> tuple[str, ...]:
-        value = self._get(key, list(default), example)
-        if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
-            like = example or '["a", "b"]'
-            raise self.error(key, f"must be a list of text, like {like}, not {show(value)}")
-        return tuple(value)
+        return self.read(key, list(default), convert.texts, example or '["a", "b"]')
 
     def table_of(self, key: str, *, example: str) -> dict[str, Any]:
-        value = self._get(key, {}, example)
-        if not isinstance(value, dict):
-            raise self.error(key, f"must be a table, for example: {example}")
-        return value
-
-
-def show(value: Any) -> str:
-    """A setting's value as the person wrote it in TOML."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (str, list)):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, dict):
-        return "a table"
-    return repr(value)
+        return self.read(key, {}, convert.table(), example)
 
 
 class _Lane:
@@ -408,8 +383,8 @@ def _where(error: BaseException) -> str | None:
 
 
 def _unknown_plugin(name: str, builtins: list[str], installed: list[str]) -> str:
-    close = difflib.get_close_matches(name, builtins + installed, n=1)
-    hint = f' Did you mean "{close[0]}"?' if close else ""
+    close = closest(name, builtins + installed)
+    hint = f' Did you mean "{close}"?' if close else ""
     known = f"the built-in plugins are {', '.join(builtins)}"
     if installed:
         known += f"; installed plugins: {', '.join(installed)}"

@@ -450,11 +450,11 @@ def test_scenario_explicit_identity_and_generated_scenario() -> None:
 @pytest.mark.parametrize(
     ("data", "expected"),
     [
-        ({"speedy": 1}, "speedy: unknown key (did you mean 'speed'?)"),
-        ({"device": [{}, {"activate": True}]}, "[[device]] #2: activate: unknown key (did you mean 'activated'?)"),
+        ({"speedy": 1}, "speedy: unknown key; did you mean speed?"),
+        ({"device": [{}, {"activate": True}]}, "[[device]] #2: activate: unknown key; did you mean activated?"),
         ({"device": [{"activated": "yes"}]}, "[[device]] #1: activated: must be true or false"),
         ({"device": [{"latency": {"erase": -1}}]}, "latency.erase: must be a number of seconds"),
-        ({"device": [{"faults": [{"request": "Pair", "action": "explode"}]}]}, "faults[0].action: must be one of drop, drop_reply, error"),
+        ({"device": [{"faults": [{"request": "Pair", "action": "explode"}]}]}, 'faults[0].action: must be one of "drop", "drop_reply", "error"'),
         ({"device": [{"faults": [{"action": "drop"}]}]}, "faults[0].request: is missing"),
         ({"device": [{"serial": "A"}, {"serial": "A"}]}, "[[device]] #2: serial: duplicate serial A"),
         ({"device": [{"udid": "U-1"}, {"count": 2}, {"udid": "U-1"}]}, "[[device]] #3: udid: duplicate udid U-1"),

@@ -1,0 +1,29 @@
+"""What every command shares: the --config option's help, one way to fail, one way to load the configuration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NoReturn
+
+import typer
+
+from stationd.config import Config, ConfigError, default_config_path, load_config
+
+CONFIG_OPTION_HELP = "Configuration file. Default: $STATIOND_CONFIG, else the system-wide stationd.toml."
+
+
+def error_exit(message: str) -> NoReturn:
+    """Print a one-line error for the technician and exit with code 2."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def load_or_exit(path: Path | None) -> Config:
+    """Load the configuration, or print every problem and exit 2."""
+    try:
+        return load_config(path or default_config_path())
+    except ConfigError as error:
+        typer.echo(f"error: problems in {error.path}:", err=True)
+        for issue in error.issues:
+            typer.echo(f"  {issue}", err=True)
+        raise typer.Exit(2) from None

@@ -1,0 +1,100 @@
+"""Reading what a station did: status (each port now), devices (every iPad seen), export (CSV or JSON)."""
+
+from __future__ import annotations
+
+import collections
+from pathlib import Path
+from typing import Any
+
+import anyio
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from stationd.cli.common import CONFIG_OPTION_HELP, error_exit, load_or_exit
+from stationd.export import device_rows, to_csv, to_json
+from stationd.files import write_private_file
+from stationd.store import StoreError, open_store
+
+
+def _rows(config: Path | None) -> list[dict[str, Any]]:
+    loaded = load_or_exit(config)
+    if not Path(loaded.station.database).exists():
+        error_exit(f"no database at {loaded.station.database}: the station has not run yet")
+
+    async def read() -> list[dict[str, Any]]:
+        async with open_store(loaded.station.database) as store:
+            return await device_rows(store)
+
+    try:
+        return anyio.run(read)
+    except StoreError as error:
+        error_exit(str(error))
+
+
+def _cells(row: dict[str, Any], *names: str) -> list[str]:
+    """The row's values for a table: an unknown serial shows "?", any other missing value nothing."""
+    return [str(row[name] or ("?" if name == "serial" else "")) for name in names]
+
+
+def status_command(
+    config: Path | None = typer.Option(None, "--config", help=CONFIG_OPTION_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Show each port now: which iPad is there, its step, and what needs a hand.
+
+    Example: stationd status --json
+    """
+    rows = [r for r in _rows(config) if r["port"] is not None]
+    rows.sort(key=lambda r: r["port"] or "")
+    if as_json:
+        typer.echo(to_json(rows), nl=False)
+        return
+    table = Table("port", "serial", "name", "state", "step", "problem")
+    for row in rows:
+        table.add_row(*_cells(row, "port", "serial", "name", "state", "step", "error_message"))
+    Console().print(table)
+    counts = collections.Counter(r["state"] for r in rows)
+    typer.echo(", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "no iPads seen yet")
+
+
+def devices_command(
+    config: Path | None = typer.Option(None, "--config", help=CONFIG_OPTION_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """List every iPad this station has seen, with serial, model, iOS version, state and last error.
+
+    Example: stationd devices
+    """
+    rows = _rows(config)
+    if as_json:
+        typer.echo(to_json(rows), nl=False)
+        return
+    table = Table("serial", "udid", "model", "iOS", "name", "state", "problem")
+    for row in rows:
+        table.add_row(*_cells(row, "serial", "udid", "model", "ios_version", "name", "state", "error_message"))
+    Console().print(table)
+
+
+def export_command(
+    config: Path | None = typer.Option(None, "--config", help=CONFIG_OPTION_HELP),
+    fmt: str = typer.Option("csv", "--format", help="csv or json."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Write to this file instead of the screen."),
+) -> None:
+    """Export every iPad (serial, UDID, ECID, model, iOS, Wi-Fi MAC, name, state, times, errors).
+
+    The CSV is what Apple School Manager and MDM imports want: one row per serial.
+
+    Example: stationd export --format csv -o cart-12.csv
+    """
+    if fmt not in ("csv", "json"):
+        error_exit(f"--format must be csv or json, not {fmt!r}")
+    text = (to_csv if fmt == "csv" else to_json)(_rows(config))
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        try:
+            write_private_file(output, text.encode(), force=True)
+        except OSError as error:
+            error_exit(f"cannot write {output}: {error.strerror}")
+        typer.echo(f"wrote {output} (readable by you only: it lists every serial, UDID and ECID)")
