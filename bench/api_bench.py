@@ -2,9 +2,9 @@
 
 Four processes: an emulator serving N virtual iPads (and the fake MDM), the real daemon (its API on a loopback port)
 working on all of them at once, R readers of the event stream (`/api/stream`), and this one as the client asking
-`/api/ports` and `/api/devices` in turn, for a fixed window while the iPads are in progress. Prints p50/p99 latency per endpoint, and for the stream the delay from an event's creation in the
-store to its arrival at a reader, with how many iPads were in progress at the window's start and end. Figures only;
-nothing is asserted.
+`/api/ports` and `/api/devices` in turn, for a fixed window while the iPads are in progress. Prints p50/p99 latency
+per endpoint, and for the stream the delay from an event's creation in the store to its arrival at a reader, with how
+many iPads were in progress at the window's start and end. Figures only; nothing is asserted.
 
     .venv/bin/python bench/api_bench.py [--devices 64] [--readers 8] [--seconds 15] [--speed 0.5]
 """
@@ -53,8 +53,9 @@ def daemon(workdir: Path, info: dict[str, str], n: int) -> None:
 
     logs.configure("json", level=logging.WARNING)  # to stderr: stdout carries the URL
     identity = create_identity(workdir / "identity.pem", ORG, force=True)
-    config = bench_config(workdir, identity, devices=n, activation_url=info["activation"], mdm_url=info["mdm"],
-                          listen="127.0.0.1:0")
+    config = bench_config(
+        workdir, identity, devices=n, activation_url=info["activation"], mdm_url=info["mdm"], listen="127.0.0.1:0"
+    )
 
     async def main() -> None:
         async with assemble(config, identity, usbmux_address=info["usbmux"], backoff=(0.2, 2.0)) as assembly:
@@ -110,8 +111,12 @@ async def measure(url: str, readers: int, seconds: float) -> dict[str, Any]:
         devices = (await client.get("/api/devices")).json()["devices"]
         return sum(1 for device in devices if device["state"] not in ("done", "failed"))
 
-    streams = subprocess.Popen([sys.executable, __file__, "--read-streams", url, str(readers)],
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    streams = subprocess.Popen(
+        [sys.executable, __file__, "--read-streams", url, str(readers)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert (await anyio.to_thread.run_sync(streams.stdout.readline)).strip() == "ready"  # type: ignore[union-attr]
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:
         in_progress.append(await busy(client))
@@ -152,13 +157,24 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="stationd-api-bench-"))
     env = dict(os.environ, HOME=str(workdir))
     emulator = subprocess.Popen(  # its stderr is dropped: Python 3.11 prints a traceback per cancelled connection
-        [sys.executable, "-c", EMULATOR.format(n=args.devices, socket=str(workdir / "usbmuxd"), speed=args.speed, org=ORG)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+        [
+            sys.executable,
+            "-c",
+            EMULATOR.format(n=args.devices, socket=str(workdir / "usbmuxd"), speed=args.speed, org=ORG),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
     )
     info = emulator.stdout.readline()  # type: ignore[union-attr]
     station = subprocess.Popen(
         [sys.executable, __file__, "--devices", str(args.devices), "--daemon", str(workdir), info.strip()],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     url = json.loads(station.stdout.readline())["url"].rstrip("/")  # type: ignore[union-attr]
     cpu_before = _cpu_seconds(station.pid)
@@ -168,21 +184,31 @@ def main() -> None:
         process.stdin.close()  # type: ignore[union-attr]
         process.wait(timeout=60)
 
-    print(f"stationd API bench: {platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} CPUs; "
-          f"{args.devices} virtual iPads (latencies x{args.speed}), {args.readers} stream readers, {args.seconds:g} s")
+    print(
+        f"stationd API bench: {platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} CPUs; "
+        f"{args.devices} virtual iPads (latencies x{args.speed}), {args.readers} stream readers, {args.seconds:g} s"
+    )
     start, end = figures["in_progress"]
-    print(f"iPads in progress: {start} at the start of the window, {end} at its end; "
-          f"daemon CPU {cpu / args.seconds:.0%} of one core")
+    print(
+        f"iPads in progress: {start} at the start of the window, {end} at its end; "
+        f"daemon CPU {cpu / args.seconds:.0%} of one core"
+    )
     print(f"{'endpoint':<28} {'requests':>9} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
     for path, values in figures["latencies"].items():
-        print(f"{'GET ' + path:<28} {len(values):>9} {percentile(values, 50) * 1000:>8.1f} "
-              f"{percentile(values, 99) * 1000:>8.1f} {max(values) * 1000:>8.1f}")
+        print(
+            f"{'GET ' + path:<28} {len(values):>9} {percentile(values, 50) * 1000:>8.1f} "
+            f"{percentile(values, 99) * 1000:>8.1f} {max(values) * 1000:>8.1f}"
+        )
     delays = figures["delays"]
     if delays:
-        print(f"{'stream: store -> reader':<28} {len(delays):>9} {percentile(delays, 50) * 1000:>8.1f} "
-              f"{percentile(delays, 99) * 1000:>8.1f} {max(delays) * 1000:>8.1f}")
-        print(f"(stream rows count events received by all {args.readers} readers; "
-              f"{statistics.mean(delays) * 1000:.1f} ms mean delay)")
+        print(
+            f"{'stream: store -> reader':<28} {len(delays):>9} {percentile(delays, 50) * 1000:>8.1f} "
+            f"{percentile(delays, 99) * 1000:>8.1f} {max(delays) * 1000:>8.1f}"
+        )
+        print(
+            f"(stream rows count events received by all {args.readers} readers; "
+            f"{statistics.mean(delays) * 1000:.1f} ms mean delay)"
+        )
 
 
 def _cpu_seconds(pid: int) -> float:

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from pymobiledevice3.lockdown import create_using_usbmux
 
-from stationd.emulator.ipad import generated_spec
 from stationd.emulator.emulator import Emulator
+from stationd.emulator.ipad import generated_spec
 from stationd.emulator.thread import EmulatorThread
 
 

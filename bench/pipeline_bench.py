@@ -38,10 +38,10 @@ def one(n: int, speed: float) -> dict[str, float]:
     import anyio
     from station_config import ORG, bench_config
 
-    from stationd.emulator.mdm_server import mdm_app
-    from stationd.httpserve import HTTPServer
     from stationd.assemble import assemble
+    from stationd.emulator.mdm_server import mdm_app
     from stationd.events import EventBus
+    from stationd.httpserve import HTTPServer
     from stationd.identity import create_identity
 
     workdir = Path(tempfile.mkdtemp(prefix="stationd-bench-"))
@@ -93,21 +93,29 @@ def main() -> None:
     if args.one is not None:
         print(json.dumps(one(args.one, args.speed)))
         return
-    print(f"stationd pipeline bench: {platform.python_implementation()} {platform.python_version()}, "
-          f"{os.cpu_count()} CPUs, device latencies x{args.speed} (erase 4-6 s, reboot 20 s, activation 0.5 s at x1)")
-    print(f"{'iPads':>6} {'wall s':>8} {'N/1':>6} {'daemon CPU s/iPad':>18} {'marginal s/iPad':>16} {'peak RSS MiB':>13}")
+    print(
+        f"stationd pipeline bench: {platform.python_implementation()} {platform.python_version()}, "
+        f"{os.cpu_count()} CPUs, device latencies x{args.speed} (erase 4-6 s, reboot 20 s, activation 0.5 s at x1)"
+    )
+    print(
+        f"{'iPads':>6} {'wall s':>8} {'N/1':>6} {'daemon CPU s/iPad':>18} {'marginal s/iPad':>16} {'peak RSS MiB':>13}"
+    )
     first = None
     for n in args.sizes:
         out = subprocess.run(
             [sys.executable, __file__, "--one", str(n), "--speed", str(args.speed)],
-            check=True, capture_output=True, text=True,
+            check=True,
+            capture_output=True,
+            text=True,
         )
         figures = json.loads(out.stdout.strip().splitlines()[-1])
         first = first or figures
         cpu, first_cpu = figures["cpu_per_device"] * n, first["cpu_per_device"] * first["n"]
         marginal = f"{(cpu - first_cpu) / (n - first['n']):>16.3f}" if n > first["n"] else f"{'':>16}"
-        print(f"{n:>6} {figures['wall']:>8.2f} {figures['wall'] / first['wall']:>6.2f} "
-              f"{figures['cpu_per_device']:>18.3f} {marginal} {figures['rss_mib']:>13.0f}")
+        print(
+            f"{n:>6} {figures['wall']:>8.2f} {figures['wall'] / first['wall']:>6.2f} "
+            f"{figures['cpu_per_device']:>18.3f} {marginal} {figures['rss_mib']:>13.0f}"
+        )
     print("marginal: daemon CPU of each iPad beyond the first size's, start-up (imports, host keys) left out")
 
 

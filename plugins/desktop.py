@@ -65,8 +65,11 @@ class Desktop:
         if argv is None or shutil.which(argv[0]) is None:
             self.enabled = False
             tool = argv[0] if argv else "a notification tool"
-            self.log.warning("desktop.disabled", reason=f"{tool} is not available on this computer",
-                             hint="install libnotify-bin (notify-send) or set plugins.desktop.command")
+            self.log.warning(
+                "desktop.disabled",
+                reason=f"{tool} is not available on this computer",
+                hint="install libnotify-bin (notify-send) or set plugins.desktop.command",
+            )
             return
         result = await anyio.run_process(argv, check=False, stdout=subprocess.DEVNULL)
         if result.returncode == 0:

@@ -61,11 +61,15 @@ class SysfsDriver:
                 raise LookupError(f"{path} is missing; {folder} does not look like an LED")
         for name in ("brightness", "trigger"):
             if not os.access(folder / name, os.W_OK):
-                raise LookupError(f"cannot write {folder / name}; run stationd as root or add a udev rule that "
-                                  f"lets its user write the LED files")
+                raise LookupError(
+                    f"cannot write {folder / name}; run stationd as root or add a udev rule that "
+                    f"lets its user write the LED files"
+                )
         if timer and "timer" not in (folder / "trigger").read_text().replace("[", " ").replace("]", " ").split():
-            raise LookupError(f"{folder / 'trigger'} does not offer the timer trigger that blinking needs; load it "
-                              f"with: modprobe ledtrig-timer")
+            raise LookupError(
+                f"{folder / 'trigger'} does not offer the timer trigger that blinking needs; load it "
+                f"with: modprobe ledtrig-timer"
+            )
 
     def max_brightness(self, led: str) -> int:
         if led not in self._max:
@@ -117,8 +121,9 @@ def make(settings: dict[str, Any], context: PluginContext) -> Leds:
         known = set(context.ports.labels.values())
         for label in ports:
             if known and label not in known and not label.startswith("0x"):
-                context.log.warning("leds.unknown_port", port=label,
-                                    hint="no [ports] entry has this label, so this light never changes")
+                context.log.warning(
+                    "leds.unknown_port", port=label, hint="no [ports] entry has this label, so this light never changes"
+                )
     delays = {"blink": read.integer("blink_ms", 250, minimum=1), "slow": read.integer("slow_ms", 1000, minimum=1)}
     return Leds(driver, ports, patterns, delays)
 
@@ -131,7 +136,7 @@ def _ports(read: Settings) -> dict[str, dict[str, str]]:
     ports: dict[str, dict[str, str]] = {}
     for label, colours in table.items():
         if not isinstance(colours, dict) or not colours:
-            raise read.error(f'ports."{label}"', f'must be a table of colours and LED names, for example: {example}')
+            raise read.error(f'ports."{label}"', f"must be a table of colours and LED names, for example: {example}")
         for colour, led in colours.items():
             if not isinstance(led, str) or not led or "/" in led:
                 raise read.error(f'ports."{label}".{colour}', 'must be the name of an LED, like "hubA:red:1"')

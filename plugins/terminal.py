@@ -23,10 +23,23 @@ from stationd.hooks import hookimpl
 from stationd.plugins import PluginContext, Settings
 from stationd.states import PortStatus
 
-STYLES = {PortStatus.BUSY: "yellow", PortStatus.WAITING: "cyan", PortStatus.HELD: "magenta",
-          PortStatus.DONE: "green", PortStatus.FAILED: "bold red"}
-JOB_KINDS = ("job.started", "job.resumed", "job.retried", "step.started", "step.progress", "step.finished",
-             "step.waiting", "step.retrying")
+STYLES = {
+    PortStatus.BUSY: "yellow",
+    PortStatus.WAITING: "cyan",
+    PortStatus.HELD: "magenta",
+    PortStatus.DONE: "green",
+    PortStatus.FAILED: "bold red",
+}
+JOB_KINDS = (
+    "job.started",
+    "job.resumed",
+    "job.retried",
+    "step.started",
+    "step.progress",
+    "step.finished",
+    "step.waiting",
+    "step.retrying",
+)
 
 
 def make(settings: dict[str, Any], context: PluginContext) -> Board:
@@ -140,8 +153,15 @@ class Board:
             for row in rows:
                 since = elapsed((row.ended_at or now) - row.started_at) if row.started_at is not None else ""
                 table.add_row(
-                    row.label, row.status, row.serial or "", row.name or "", row.step or "", self.progress(row),
-                    since, row.error or "", style=STYLES.get(row.status),
+                    row.label,
+                    row.status,
+                    row.serial or "",
+                    row.name or "",
+                    row.step or "",
+                    self.progress(row),
+                    since,
+                    row.error or "",
+                    style=STYLES.get(row.status),
                 )
             return table
 

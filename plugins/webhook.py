@@ -31,8 +31,9 @@ def make(settings: dict[str, Any], context: PluginContext) -> Webhook:
     read = Settings(context.name, settings, SETTINGS)
     url = read.text("url", example='url = "https://hooks.slack.com/services/..."')
     if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
-        raise read.error("url", 'must start with https:// (or http://), for example: '
-                                'url = "https://hooks.slack.com/services/..."')
+        raise read.error(
+            "url", 'must start with https:// (or http://), for example: url = "https://hooks.slack.com/services/..."'
+        )
     headers = read.table_of("headers", example='headers = { Authorization = "Bearer ..." }')
     for key, value in headers.items():
         if not isinstance(value, str):
@@ -97,7 +98,7 @@ class Webhook:
         self.log = context.log
         self.host = urlsplit(url).hostname
         self.client: httpx.AsyncClient | None = None
-        self.hook_timeout = context.timeout + (timeout + 1) * (retries + 1) + backoff * (2 ** retries - 1)
+        self.hook_timeout = context.timeout + (timeout + 1) * (retries + 1) + backoff * (2**retries - 1)
 
     @hookimpl
     async def stationd_event(self, event: Event) -> None:
@@ -131,6 +132,11 @@ class Webhook:
             if response.status_code != 429 and response.status_code < 500:
                 break
             self.log.warning("webhook.retry", host=self.host, kind=kind, attempt=attempt, error=outcome)
-        self.log.error("webhook.failed", host=self.host, kind=kind, error=outcome,
-                       hint="check plugins.webhook.url and headers; the endpoint refused or could not be reached")
+        self.log.error(
+            "webhook.failed",
+            host=self.host,
+            kind=kind,
+            error=outcome,
+            hint="check plugins.webhook.url and headers; the endpoint refused or could not be reached",
+        )
         return False

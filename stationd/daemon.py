@@ -40,6 +40,8 @@ async def run_station(config: Config) -> None:
     identity = load_identity(config.organization.identity)
     async with assemble(config, identity) as assembly:
         station = assembly.station
-        log.info("station.starting", station=config.station.id, steps=station.plan, database=str(config.station.database))
+        log.info(
+            "station.starting", station=config.station.id, steps=station.plan, database=str(config.station.database)
+        )
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(cancel_on_signal, tasks.cancel_scope)

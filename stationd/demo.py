@@ -54,7 +54,9 @@ def demo_specs(count: int) -> list[Any]:
     return specs
 
 
-def demo_config(workdir: Path, identity_path: Path, emulator: Emulator, mdm_url: str, devices: int, board: bool) -> Config:
+def demo_config(
+    workdir: Path, identity_path: Path, emulator: Emulator, mdm_url: str, devices: int, board: bool
+) -> Config:
     return Config(
         organization=OrganizationConfig(name=DEMO_ORG, identity=identity_path),
         station=StationConfig(id="demo", database=workdir / "stationd.db", concurrency=max(1, devices)),

@@ -96,8 +96,12 @@ class _BoundedProtocol(H11Protocol):
         now = time.monotonic()
         if now - limits.busy_logged_at >= BUSY_LOG_INTERVAL:
             limits.busy_logged_at = now
-            log.warning("http.too_many_connections", limit=limits.max_connections, refused=limits.refused,
-                        hint="connections beyond the limit are closed at once; the iPads are not affected")
+            log.warning(
+                "http.too_many_connections",
+                limit=limits.max_connections,
+                refused=limits.refused,
+                hint="connections beyond the limit are closed at once; the iPads are not affected",
+            )
 
 
 class _Server(uvicorn.Server):

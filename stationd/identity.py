@@ -81,11 +81,13 @@ class Identity:
 
 def supervisor_certificate(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey, org: str) -> x509.Certificate:
     """A self-signed supervision certificate for `org`, shaped like pymobiledevice3's (CN and O, no extensions)."""
-    name = x509.Name([
-        x509.NameAttribute(NameOID.COMMON_NAME, org),
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, org),
-    ])
-    now = dt.datetime.now(dt.timezone.utc)
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, org),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, org),
+        ]
+    )
+    now = dt.datetime.now(dt.UTC)
     return (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -108,9 +110,7 @@ def create_identity(path: Path | str, org: str, force: bool = False) -> Identity
     return _save(path, certificate, key, force)
 
 
-def import_identity(
-    source: Path | str, dest: Path | str, password: str | None = None, force: bool = False
-) -> Identity:
+def import_identity(source: Path | str, dest: Path | str, password: str | None = None, force: bool = False) -> Identity:
     """Convert a .p12/.pfx or PEM identity into the station's PEM file at `dest` (mode 0600).
 
     Raises `PasswordRequired` when the source is encrypted and `password` is None.
@@ -226,7 +226,7 @@ def _check(certificate: x509.Certificate, key: PrivateKey, source: Path) -> None
     if _public_der(certificate) != _public_der(key):
         raise IdentityError(f"the private key in {source} does not belong to its certificate")
     expiry = certificate.not_valid_after_utc
-    if expiry < dt.datetime.now(dt.timezone.utc):
+    if expiry < dt.datetime.now(dt.UTC):
         raise IdentityError(
             f"the certificate in {source} expired on {expiry:%Y-%m-%d}; iPads refuse an expired supervision "
             f"identity: {_HOW_TO_GET_ONE}"
@@ -245,6 +245,4 @@ def _check_permissions(path: Path) -> None:
 
 
 def _public_der(item: x509.Certificate | PrivateKey) -> bytes:
-    return item.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    return item.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)

@@ -196,8 +196,11 @@ class PluginHost:
                 )
             self._add(name, _load_entry_point(entry_point))
         for name in unused_settings(self.config):
-            log.warning("plugin.settings_unused", plugin=name,
-                        hint=f'[plugins.{name}] is ignored: add "{name}" to plugins.enabled')
+            log.warning(
+                "plugin.settings_unused",
+                plugin=name,
+                hint=f'[plugins.{name}] is ignored: add "{name}" to plugins.enabled',
+            )
 
     def _add(self, name: str, target: Any) -> None:
         make = getattr(target, "make", None)
@@ -226,8 +229,10 @@ class PluginHost:
         wrappers = [i for i in self._all_impls(name) if i.wrapper or i.hookwrapper]
         if wrappers:
             self.pm.unregister(name=name)
-            raise PluginError(f'the plugin "{name}" uses hook wrappers, which stationd does not support; '
-                              f"write plain hook functions instead ({wrappers[0].function.__name__})")
+            raise PluginError(
+                f'the plugin "{name}" uses hook wrappers, which stationd does not support; '
+                f"write plain hook functions instead ({wrappers[0].function.__name__})"
+            )
 
     def plugin_names(self) -> list[str]:
         """Registered plugins, in the order they were loaded."""
@@ -305,8 +310,12 @@ class PluginHost:
         if not lane.put(names, kwargs):
             self.missed[lane.name] = lane.missed
             if lane.missed == 1:
-                log.warning("plugin.behind", plugin=lane.name, queued=LANE_SIZE,
-                            hint="the plugin is too slow for the station; its oldest events are dropped")
+                log.warning(
+                    "plugin.behind",
+                    plugin=lane.name,
+                    queued=LANE_SIZE,
+                    hint="the plugin is too slow for the station; its oldest events are dropped",
+                )
 
     async def _serve(self, lane: _Lane) -> None:
         try:
@@ -388,8 +397,10 @@ def _unknown_plugin(name: str, builtins: list[str], installed: list[str]) -> str
     known = f"the built-in plugins are {', '.join(builtins)}"
     if installed:
         known += f"; installed plugins: {', '.join(installed)}"
-    return (f'no plugin named "{name}": it is neither built in nor installed ({known}).{hint} '
-            f"To use a third-party plugin, install its package (pip install ...) into stationd's environment.")
+    return (
+        f'no plugin named "{name}": it is neither built in nor installed ({known}).{hint} '
+        f"To use a third-party plugin, install its package (pip install ...) into stationd's environment."
+    )
 
 
 def _load_entry_point(entry_point: importlib.metadata.EntryPoint) -> Any:

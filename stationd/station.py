@@ -126,8 +126,9 @@ class Station:
 
     async def _attached(self, udid: str, location_id: int | None, label: str | None) -> None:
         device = await self.store.upsert_device(udid, location_id=location_id, port_label=label)
-        event = await self.store.add_event("device.attached", station_id=self.station_id, udid=udid,
-                                           data={"location_id": location_id})
+        event = await self.store.add_event(
+            "device.attached", station_id=self.station_id, udid=udid, data={"location_id": location_id}
+        )
         self.view.record(device)
         await self._announce(self.view.plugged(udid, True), [event])
 
@@ -142,8 +143,14 @@ class Station:
     async def _announce(self, change: PortChange | None, events: list[EventRecord]) -> None:
         """Publish what was recorded, with the port change it made and, when a cart is finished, batch.done."""
         if change is not None:
-            events.append(await self.store.add_event("port.changed", station_id=self.station_id, udid=change.udid,
-                                                     data={"status": change.status, "previous": change.previous}))
+            events.append(
+                await self.store.add_event(
+                    "port.changed",
+                    station_id=self.station_id,
+                    udid=change.udid,
+                    data={"status": change.status, "previous": change.previous},
+                )
+            )
             batch = self.view.batch_finished()
             if batch is not None:
                 events.append(await self.store.add_event("batch.done", station_id=self.station_id, data=batch))
@@ -157,7 +164,11 @@ class Station:
             return False
         if latest.status == JobStatus.FAILED and latest.error_code not in RESTART_JOB_CODES:
             await self.jobs.transition(
-                udid, latest, "job.retried", state=DeviceState.WAITING, job_status=JobStatus.RUNNING,
+                udid,
+                latest,
+                "job.retried",
+                state=DeviceState.WAITING,
+                job_status=JobStatus.RUNNING,
                 data={"reason": "operator"},
             )
         elif latest.status in (JobStatus.DONE, JobStatus.FAILED):
@@ -174,7 +185,12 @@ class Station:
             return False
         status = JobStatus.RUNNING if latest.status == JobStatus.FAILED else None
         await self.jobs.transition(
-            udid, latest, "operator.skip", state=DeviceState.WAITING, completed_step=step, job_status=status,
+            udid,
+            latest,
+            "operator.skip",
+            state=DeviceState.WAITING,
+            completed_step=step,
+            job_status=status,
             data={"step": step},
         )
         self._nudge(udid)

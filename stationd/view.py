@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from stationd.states import DeviceState, PortStatus
 from stationd.store import DeviceRecord, JobRecord
 
-
 UNFINISHED = (PortStatus.BUSY, PortStatus.WAITING, PortStatus.HELD)  # a cart is not finished while a port shows one
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import anyio
 
+from stationd.assemble import assemble
 from stationd.config import (
     ActivationConfig,
     ApiConfig,
@@ -25,7 +26,6 @@ from stationd.config import (
 )
 from stationd.emulator import Emulator
 from stationd.emulator.mdm_server import mdm_app
-from stationd.assemble import assemble
 from stationd.events import Event, EventBus
 from stationd.httpserve import HTTPServer
 from stationd.identity import Identity, create_identity
@@ -69,7 +69,11 @@ class Rig:
     async def station(self, bus: EventBus | None = None, **sections: Any) -> AsyncIterator[Station]:
         config = dataclasses.replace(self.config, **sections) if sections else self.config
         async with assemble(
-            config, self.identity, usbmux_address=self.emulator.usbmux_address, backoff=(0.01, 0.05), plugins=False,
+            config,
+            self.identity,
+            usbmux_address=self.emulator.usbmux_address,
+            backoff=(0.01, 0.05),
+            plugins=False,
             bus=bus,
         ) as assembly:
             yield assembly.station
@@ -120,8 +124,14 @@ def provisioning_problems(rig: Rig, udid: str, *, mode: str = "url", extra: tupl
         problems.append(f"erased {state['erase_count']} times")
     if state["activation_state"] != "Activated":
         problems.append(f"activation state {state['activation_state']}")
-    if not state["supervised"] or state["organization"] != ORG or ours not in cloud.get("SupervisorHostCertificates", []):
-        problems.append(f"supervision {state['organization']!r}, ours listed: {ours in cloud.get('SupervisorHostCertificates', [])}")
+    if (
+        not state["supervised"]
+        or state["organization"] != ORG
+        or ours not in cloud.get("SupervisorHostCertificates", [])
+    ):
+        problems.append(
+            f"supervision {state['organization']!r}, ours listed: {ours in cloud.get('SupervisorHostCertificates', [])}"
+        )
     if "com.apple.wifi.managed" not in payloads:
         problems.append("no Wi-Fi profile")
     problems += [f"profile {name} missing" for name in extra if name not in state["profiles"]]

@@ -26,8 +26,6 @@ TOKEN = "correct-horse-battery-staple-42"
 LABELS = {location_for(0): "Cart 1", location_for(1): "Cart 2", location_for(2): "Cart 3", location_for(5): "Cart 6"}
 
 
-
-
 def specs() -> list[Any]:
     return [
         generated_spec(0),
@@ -95,7 +93,7 @@ async def test_ports_devices_events_and_export(tmp_path: Path) -> None:
     plan = station.plan
     assert info["id"] == "rig" and info["organization"] == "Rig School" and info["plan"] == plan
     assert info["concurrency"] == 16 and info["started_at"] <= info["now"]
-    assert info["ports"] == {"empty": 2, "busy": 0, "waiting": 0, "done": 1, "failed": 1}
+    assert info["ports"] == {"empty": 2, "busy": 0, "waiting": 0, "held": 0, "done": 1, "failed": 1}
     assert info["devices"] == {"done": 1, "failed": 1}
 
     assert [p["label"] for p in ports["ports"]] == ["Cart 1", "Cart 2", "Cart 3", "Cart 6"]

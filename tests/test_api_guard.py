@@ -77,8 +77,10 @@ async def test_the_token_is_checked_before_a_byte_of_the_body_is_read(tmp_path: 
         url = await server.start()
         try:
             before = rss_mb()
-            head = (b"POST /api/devices/X/skip HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                    b"Content-Length: 100000000\r\n\r\n")
+            head = (
+                b"POST /api/devices/X/skip HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 100000000\r\n\r\n"
+            )
             anonymous = await raw_request(url, head, 8_000_000)
             declared = await raw_request(url, head.replace(b"Host:", AUTH_HEADER + b"\r\nHost:"), 0)
             async with httpx.AsyncClient(base_url=url, timeout=10) as client:
@@ -95,7 +97,7 @@ async def test_the_token_is_checked_before_a_byte_of_the_body_is_read(tmp_path: 
 async def chunked(data: bytes) -> AsyncIterator[bytes]:
     """A body without Content-Length (chunked transfer encoding)."""
     for start in range(0, len(data), 4096):
-        yield data[start:start + 4096]
+        yield data[start : start + 4096]
 
 
 @pytest.mark.anyio
@@ -103,10 +105,14 @@ async def test_a_json_body_larger_than_the_cap_is_refused_with_413(tmp_path: Pat
     async with make_rig(tmp_path, []) as rig, rig.station(api=ApiConfig(listen=None, token=TOKEN)) as station:
         transport = httpx.ASGITransport(app=create_app(station))
         async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
-            streamed = await client.post("/api/devices/X/skip", headers={**AUTH, "Content-Type": "application/json"},
-                                         content=chunked(b'{"step": "' + b"w" * 40_000 + b'"}'))
-            bad = await client.post("/api/devices/X/skip", headers={**AUTH, "Content-Type": "application/json"},
-                                    content=b"{not json")
+            streamed = await client.post(
+                "/api/devices/X/skip",
+                headers={**AUTH, "Content-Type": "application/json"},
+                content=chunked(b'{"step": "' + b"w" * 40_000 + b'"}'),
+            )
+            bad = await client.post(
+                "/api/devices/X/skip", headers={**AUTH, "Content-Type": "application/json"}, content=b"{not json"
+            )
     assert streamed.status_code == 413 and "16,384 bytes" in streamed.json()["error"]
     assert bad.status_code == 400
 
@@ -118,19 +124,30 @@ async def test_only_known_host_names_are_answered(tmp_path: Path) -> None:
         transport = httpx.ASGITransport(app=create_app(station))
         async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
             with capture_logs() as logs:
-                rebound = {path: await client.get(path, headers={"Host": "evil.example"})
-                           for path in ("/api/devices", "/api/export", "/api/stream", "/")}
+                rebound = {
+                    path: await client.get(path, headers={"Host": "evil.example"})
+                    for path in ("/api/devices", "/api/export", "/api/stream", "/")
+                }
                 again = await client.get("/api/ports", headers={"Host": "evil.example:8480"})
-            answered = {host: (await client.get("/api/ports", headers={"Host": host})).status_code
-                        for host in ("127.0.0.1:8480", "localhost:8480", "[::1]:8480", "192.168.1.20:8480",
-                                     "station-7.school.example", "dashboard.localhost")}
+            answered = {
+                host: (await client.get("/api/ports", headers={"Host": host})).status_code
+                for host in (
+                    "127.0.0.1:8480",
+                    "localhost:8480",
+                    "[::1]:8480",
+                    "192.168.1.20:8480",
+                    "station-7.school.example",
+                    "dashboard.localhost",
+                )
+            }
     for response in [*rebound.values(), again]:
         assert response.status_code == 421 and "[api] hosts" in response.json()["error"]
         assert "default-src 'none'" in response.headers["content-security-policy"]
         assert response.headers["x-content-type-options"] == "nosniff"
     assert set(answered.values()) == {200}
     assert [entry["host"] for entry in logs if entry["event"] == "api.host_refused"] == [
-        "evil.example", "evil.example:8480"
+        "evil.example",
+        "evil.example:8480",
     ]
 
 
@@ -207,8 +224,10 @@ async def test_forwarded_for_is_believed_only_from_configured_proxies(
         assert url is not None
         async with httpx.AsyncClient(base_url=url, timeout=10) as http:
             with capture_logs() as logs:
-                await http.post("/api/devices/X/retry", headers={"Authorization": "Bearer wrong-token-000000",
-                                                                 "X-Forwarded-For": "203.0.113.9"})
+                await http.post(
+                    "/api/devices/X/retry",
+                    headers={"Authorization": "Bearer wrong-token-000000", "X-Forwarded-For": "203.0.113.9"},
+                )
     assert [entry["client"] for entry in logs if entry["event"] == "api.refused"] == [client]
 
 
@@ -313,5 +332,9 @@ async def test_a_live_client_that_falls_behind_gets_the_missed_events_from_the_s
                 await caught_up.wait()
             closing.set()
     assert sse_ids(chunks) == list(range(first, last + 1))
-    assert all(json.loads(line[6:])["kind"] == "test.burst" for chunk in chunks[1:]
-               for line in chunk.decode().splitlines() if line.startswith("data: "))
+    assert all(
+        json.loads(line[6:])["kind"] == "test.burst"
+        for chunk in chunks[1:]
+        for line in chunk.decode().splitlines()
+        if line.startswith("data: ")
+    )

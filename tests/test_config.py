@@ -105,7 +105,10 @@ def test_config_can_be_built_in_code():
 def test_relative_paths_resolve_against_the_config_folder(tmp_path):
     folder = tmp_path / "etc"
     folder.mkdir()
-    config = load_config(write(folder, """\
+    config = load_config(
+        write(
+            folder,
+            """\
         [station]
         database = "data/stationd.db"
         [organization]
@@ -115,7 +118,9 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path):
         profile = "wifi.mobileconfig"
         [profiles]
         extra = ["apps.mobileconfig", "/abs/restrictions.mobileconfig"]
-    """))
+    """,
+        )
+    )
     assert config.station.database == folder / "data" / "stationd.db"
     assert config.station.pair_records == folder / "data" / "pair_records"
     assert config.organization.identity == tmp_path / "keys" / "identity.pem"
@@ -140,14 +145,19 @@ def test_usbmuxd_address_forms(tmp_path, address):
         ('[station]\nconcurrency = "eight"\n', 4, "station.concurrency", "concurrency = 8"),
         ("[station]\nconcurrency = 0\n", 4, "station.concurrency", "from 1 to 256"),
         ("[station]\nconcurrency = true\n", 4, "station.concurrency", "whole number"),
-        ('[station]\nlog_format = "fancy"\n', 4, "station.log_format", 'must be one of "auto", "json", "console", not "fancy"'),
+        (
+            '[station]\nlog_format = "fancy"\n',
+            4,
+            "station.log_format",
+            'must be one of "auto", "json", "console", not "fancy"',
+        ),
         ('[station]\nusbmuxd = "usbmuxd"\n', 4, "station.usbmuxd", "HOST:PORT"),
         ('[station]\nid = ""\n', 4, "station.id", "text in double quotes"),
         ('[enrollment]\nmode = "mdm"\n', 4, "enrollment.mode", 'must be one of "url", "dep", "none"'),
         ('[enrollment]\nmode = "url"\n', 3, "enrollment.url", "is missing"),
         ('[enrollment]\nmode = "url"\nurl = "ftp://mdm"\n', 5, "enrollment.url", "https://"),
-        ("[steps]\nerase = \"yes\"\n", 4, "steps.erase", "erase = true"),
-        ("[steps]\nskip_setup = \"Siri\"\n", 4, "steps.skip_setup", "list"),
+        ('[steps]\nerase = "yes"\n', 4, "steps.erase", "erase = true"),
+        ('[steps]\nskip_setup = "Siri"\n', 4, "steps.skip_setup", "list"),
         ('[naming]\npattern = "{org}-{serial_number}"\n', 4, "naming.pattern", "unknown placeholder {serial_number}"),
         ('[naming]\npattern = "{serial:03d}"\n', 4, "naming.pattern", "cannot be filled in"),
         ('[naming]\npattern = "{org"\n', 4, "naming.pattern", "cannot read the pattern"),
@@ -158,9 +168,9 @@ def test_usbmuxd_address_forms(tmp_path, address):
         ('[wifi]\nssid = "Net"\nprofile = "w.mobileconfig"\n', 5, "wifi.profile", "not both"),
         ('[wifi]\nsecurity = "WPA2"\n', 3, "wifi.ssid", "is missing"),
         ('[wifi]\nssid = "Net"\nsecurity = "WPA4"\n', 5, "wifi.security", 'must be one of "None", "WEP", "WPA"'),
-        ("[wifi]\nssid = \"Net\"\n", 3, "wifi.password", "needs its password"),
+        ('[wifi]\nssid = "Net"\n', 3, "wifi.password", "needs its password"),
         ('[stations]\nid = "x"\n', 3, "[stations]", "did you mean [station]?"),
-        ('[station]\nconcurency = 4\n', 4, "station.concurency", "did you mean concurrency?"),
+        ("[station]\nconcurency = 4\n", 4, "station.concurency", "did you mean concurrency?"),
         ("[station]\nturbo = true\n", 4, "station.turbo", "[station] takes id, database"),
     ],
 )
@@ -200,7 +210,9 @@ def test_multiline_strings_do_not_confuse_line_numbers(tmp_path):
 
 
 def test_all_errors_are_reported_together(tmp_path):
-    path = write(tmp_path, """\
+    path = write(
+        tmp_path,
+        """\
         [station]
         concurrency = "eight"
         log_format = "fancy"
@@ -209,11 +221,16 @@ def test_all_errors_are_reported_together(tmp_path):
         mode = "mdm"
         [timeouts]
         erase = 0
-    """)
+    """,
+    )
     error = problems_of(path)
     keys = [issue.key for issue in error.issues]
     assert keys == [
-        "station.concurrency", "station.log_format", "organization.name", "enrollment.mode", "timeouts.erase",
+        "station.concurrency",
+        "station.log_format",
+        "organization.name",
+        "enrollment.mode",
+        "timeouts.erase",
     ]
     assert f"{path} has 5 problems" in str(error)
     assert [issue.line for issue in error.issues] == [2, 3, 4, 6, 8]
@@ -291,10 +308,15 @@ def test_default_config_path(monkeypatch, tmp_path):
 
 
 def good_profile() -> bytes:
-    return plistlib.dumps({
-        "PayloadType": "Configuration", "PayloadVersion": 1, "PayloadIdentifier": "org.example.apps",
-        "PayloadUUID": "0F6B2E3A-1111-4222-8333-944455556666", "PayloadContent": [],
-    })
+    return plistlib.dumps(
+        {
+            "PayloadType": "Configuration",
+            "PayloadVersion": 1,
+            "PayloadIdentifier": "org.example.apps",
+            "PayloadUUID": "0F6B2E3A-1111-4222-8333-944455556666",
+            "PayloadContent": [],
+        }
+    )
 
 
 @pytest.fixture
@@ -328,8 +350,7 @@ def test_check_config_reports_bad_profiles(station, tmp_path):
     (tmp_path / "wifi.mobileconfig").write_bytes(good_profile())
     (tmp_path / "broken.mobileconfig").write_bytes(b"not a plist")
     extra = (
-        '[wifi]\nprofile = "wifi.mobileconfig"\n'
-        '[profiles]\nextra = ["broken.mobileconfig", "absent.mobileconfig"]\n'
+        '[wifi]\nprofile = "wifi.mobileconfig"\n[profiles]\nextra = ["broken.mobileconfig", "absent.mobileconfig"]\n'
     )
     problems = check_config(station(extra))
     assert len(problems) == 3
@@ -446,8 +467,11 @@ def test_durations_and_counts_are_finite_and_bounded(tmp_path, text, key, words)
 def test_run_refuses_to_start_before_touching_an_ipad_when_a_profile_is_broken(tmp_path):
     create_identity(tmp_path / "identity.pem", "Example School")
     (tmp_path / "broken.mobileconfig").write_bytes(b"not a plist")
-    path = write(tmp_path, MINIMAL + f'[station]\ndatabase = "{tmp_path / "db"}"\nusbmuxd = "{tmp_path / "mux"}"\n'
-                 '[profiles]\nextra = ["broken.mobileconfig"]\n')
+    path = write(
+        tmp_path,
+        MINIMAL + f'[station]\ndatabase = "{tmp_path / "db"}"\nusbmuxd = "{tmp_path / "mux"}"\n'
+        '[profiles]\nextra = ["broken.mobileconfig"]\n',
+    )
     result = CliRunner().invoke(app, ["run", "--config", str(path)])
     assert result.exit_code == 2
     assert "profiles.extra" in result.output and "broken.mobileconfig" in result.output

@@ -38,16 +38,22 @@ def test_deep_nesting_is_refused_with_its_line_not_a_recursion_error(tmp_path: P
 
 
 def test_nesting_that_settings_need_and_brackets_inside_strings_are_fine(tmp_path: Path) -> None:
-    path = write(tmp_path, '[organization]\nname = "[[[[[[[[[[ X"  # [[[[[[[[[[\n[plugins.leds]\n'
-                 'ports = { "Hub A · 1" = { green = "a", red = "b" } }\n')
+    path = write(
+        tmp_path,
+        '[organization]\nname = "[[[[[[[[[[ X"  # [[[[[[[[[[\n[plugins.leds]\n'
+        'ports = { "Hub A · 1" = { green = "a", red = "b" } }\n',
+    )
     assert load_config(path).organization.name == "[[[[[[[[[[ X"
 
 
 def test_long_texts_long_lists_and_deep_values_are_refused_with_key_and_line(tmp_path: Path) -> None:
     items = ", ".join(f'"P{i}"' for i in range(1001))
     deep = "{ a = " * 7 + '"x"' + " }" * 7
-    path = write(tmp_path, f'[organization]\nname = "{"x" * 3000}"\n[steps]\nskip_setup = [{items}]\n'
-                 f"[plugins.webhook]\nheaders = {deep}\n")
+    path = write(
+        tmp_path,
+        f'[organization]\nname = "{"x" * 3000}"\n[steps]\nskip_setup = [{items}]\n'
+        f"[plugins.webhook]\nheaders = {deep}\n",
+    )
     found = problems(path)
     assert found[0] == "line 2, organization.name: is longer than 2,048 characters (3,000)"
     assert found[1] == "line 4, steps.skip_setup: holds more than 1,000 items (1,001)"
@@ -85,8 +91,11 @@ def configured(tmp_path: Path, extra: str, mode: int = 0o600) -> Path:
 
 
 def test_check_config_loads_the_plugins_with_their_settings(tmp_path: Path) -> None:
-    path = configured(tmp_path, '[plugins]\nenabled = ["webhook"]\n[plugins.webhook]\nurl = "ftp://hooks.example"\n'
-                      '[plugins.leds]\ndriver = "dry-run"\n')
+    path = configured(
+        tmp_path,
+        '[plugins]\nenabled = ["webhook"]\n[plugins.webhook]\nurl = "ftp://hooks.example"\n'
+        '[plugins.leds]\ndriver = "dry-run"\n',
+    )
     result = CliRunner().invoke(app, ["check-config", "--config", str(path)])
     assert result.exit_code == 1
     assert "error: plugins.webhook.url: must start with https://" in result.output
@@ -94,8 +103,13 @@ def test_check_config_loads_the_plugins_with_their_settings(tmp_path: Path) -> N
 
 
 def test_plain_http_outside_this_machine_is_warned_about(tmp_path: Path) -> None:
-    config = load_config(configured(tmp_path, '[enrollment]\nmode = "url"\nurl = "http://mdm.example/enroll"\n'
-                                    '[activation]\nurl = "http://activation.example/deviceservices"\n'))
+    config = load_config(
+        configured(
+            tmp_path,
+            '[enrollment]\nmode = "url"\nurl = "http://mdm.example/enroll"\n'
+            '[activation]\nurl = "http://activation.example/deviceservices"\n',
+        )
+    )
     found = check_config(config)
     assert any(line.startswith("warning: enrollment.url uses http:// to mdm.example") for line in found)
     assert any(line.startswith("warning: activation.url uses http:// to activation.example") for line in found)
@@ -105,8 +119,11 @@ def test_plain_http_outside_this_machine_is_warned_about(tmp_path: Path) -> None
 
 @pytest.mark.parametrize(("mode", "who"), [(0o644, "other users"), (0o640, "its group"), (0o600, None)])
 def test_a_file_holding_secrets_that_others_can_read_is_warned_about(tmp_path: Path, mode: int, who: str) -> None:
-    path = configured(tmp_path, f'[api]\ntoken = "{TOKEN}"\n[enrollment]\nmode = "url"\n'
-                      'url = "https://u:p@mdm.example/enroll?invitation=T"\n', mode)
+    path = configured(
+        tmp_path,
+        f'[api]\ntoken = "{TOKEN}"\n[enrollment]\nmode = "url"\nurl = "https://u:p@mdm.example/enroll?invitation=T"\n',
+        mode,
+    )
     warnings = [line for line in check_config(load_config(path)) if "can read it" in line]
     if who is None:
         assert warnings == []

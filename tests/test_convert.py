@@ -38,24 +38,29 @@ def scenario_problem(device: dict[str, Any]) -> str:
 
 def test_the_three_readers_share_one_did_you_mean(tmp_path: Path) -> None:
     assert config_problem(tmp_path, "[station]\nconcurency = 4\n").endswith(
-        "station.concurency: unknown setting; did you mean concurrency?")
+        "station.concurency: unknown setting; did you mean concurrency?"
+    )
     assert str(plugin_problem("webhook", {"urll": "https://x.example"})) == (
-        "plugins.webhook.urll: unknown setting; did you mean url?")
+        "plugins.webhook.urll: unknown setting; did you mean url?"
+    )
     assert scenario_problem({"activate": True}).endswith("activate: unknown key; did you mean activated?")
 
 
 def test_the_three_readers_word_a_wrong_kind_alike(tmp_path: Path) -> None:
     assert config_problem(tmp_path, '[steps]\nerase = "yes"\n').endswith(
-        'steps.erase: must be true or false (without quotes), not "yes"; write for example: erase = true')
+        'steps.erase: must be true or false (without quotes), not "yes"; write for example: erase = true'
+    )
     assert str(plugin_problem("terminal", {"force": "yes"})) == (
-        'plugins.terminal.force: must be true or false (without quotes), not "yes"')
+        'plugins.terminal.force: must be true or false (without quotes), not "yes"'
+    )
     assert scenario_problem({"passcode": "yes"}).endswith('passcode: must be true or false (without quotes), not "yes"')
     assert scenario_problem({"passcode": 1}).endswith("passcode: must be true or false, not 1")
 
 
 def test_a_refused_list_item_is_named_by_its_index(tmp_path: Path) -> None:
     assert config_problem(tmp_path, '[steps]\nskip_setup = ["Siri", 3]\n') == (
-        "line 4, steps.skip_setup[1]: must be some text in double quotes, not 3")
+        "line 4, steps.skip_setup[1]: must be some text in double quotes, not 3"
+    )
     error = plugin_problem("desktop", {"command": ["notify-send", ""]})
     assert error.key == "plugins.desktop.command[1]"
     assert str(error) == 'plugins.desktop.command[1]: must be some text in double quotes, not ""'
@@ -77,26 +82,32 @@ def test_secrets_are_shown_by_their_kind_only_and_urls_without_credentials(tmp_p
 def test_numbers_are_finite_everywhere(tmp_path: Path) -> None:
     assert "timeouts.erase: must be a number of seconds" in config_problem(tmp_path, "[timeouts]\nerase = inf\n")
     assert plugin_problem("webhook", {"url": "https://x.example", "timeout": float("nan")}).key == (
-        "plugins.webhook.timeout")
+        "plugins.webhook.timeout"
+    )
     assert scenario_problem({"detach_after": float("inf")}).endswith(
-        "detach_after: must be a number of seconds, 0 or more, not inf")
+        "detach_after: must be a number of seconds, 0 or more, not inf"
+    )
 
 
 def test_choices_match_whatever_their_case_and_come_back_as_spelt() -> None:
-    host = PluginHost(PluginsConfig(enabled=("webhook",), settings={"webhook": {
-        "url": "https://x.example", "format": " Slack "}}), "cart-1")
+    host = PluginHost(
+        PluginsConfig(enabled=("webhook",), settings={"webhook": {"url": "https://x.example", "format": " Slack "}}),
+        "cart-1",
+    )
     assert host.pm.get_plugin("webhook").fmt == "slack"
     device = {"behaviour": {"erase_reply": "DROP"}, "syslog": [{"message": "m", "level": "error"}]}
     spec = parse_scenario({"device": [device]}).specs[0]
     assert spec.behaviour.erase_reply == "drop"
     assert spec.syslog[0].level == "Error"
     assert scenario_problem({"behaviour": {"dep_source": True}}).endswith(
-        "behaviour.dep_source: must be one of 1, 0, not true")
+        "behaviour.dep_source: must be one of 1, 0, not true"
+    )
 
 
 def test_a_url_that_cannot_be_parsed_is_an_error_not_a_traceback(tmp_path: Path) -> None:
     assert "activation.url: must be a web address starting with https:// or http://" in config_problem(
-        tmp_path, '[activation]\nurl = "http://[oops"\n')
+        tmp_path, '[activation]\nurl = "http://[oops"\n'
+    )
 
 
 @pytest.mark.parametrize(

@@ -27,7 +27,6 @@ from stationd.identity import create_identity
 STATIOND = [sys.executable, "-m", "stationd.cli"]
 
 
-
 def write_config(tmp: Path, emulator: Emulator, mdm_url: str, hook_url: str) -> Path:
     create_identity(tmp / "identity.pem", "Kill School")
     config = tmp / "stationd.toml"
@@ -35,14 +34,14 @@ def write_config(tmp: Path, emulator: Emulator, mdm_url: str, hook_url: str) -> 
         f"""
 [station]
 id = "station-k"
-database = "{tmp / 'stationd.db'}"
+database = "{tmp / "stationd.db"}"
 usbmuxd = "{emulator.usbmux_address}"
 log_format = "json"
-pair_records = "{tmp / 'pairs'}"
+pair_records = "{tmp / "pairs"}"
 
 [organization]
 name = "Kill School"
-identity = "{tmp / 'identity.pem'}"
+identity = "{tmp / "identity.pem"}"
 
 [wifi]
 ssid = "KillNet"
@@ -131,7 +130,9 @@ async def test_sigkill_mid_run_then_restart_finishes_without_erasing_twice(tmp_p
             for entry in seen:
                 assert "kill-password" not in json.dumps(entry)
 
-            export = await anyio.run_process(STATIOND + ["export", "--config", str(config), "--format", "json"], env=env)
+            export = await anyio.run_process(
+                STATIOND + ["export", "--config", str(config), "--format", "json"], env=env
+            )
             rows = json.loads(export.stdout)
             assert sorted(r["serial"] for r in rows) == sorted(s.serial for s in specs)
             assert {r["state"] for r in rows} == {"done"}
@@ -157,7 +158,9 @@ def test_run_with_malformed_config_says_what_is_wrong(tmp_path: Path) -> None:
 
 def test_run_without_identity_says_how_to_make_one(tmp_path: Path) -> None:
     config = tmp_path / "stationd.toml"
-    config.write_text(f'[organization]\nname = "X"\nidentity = "{tmp_path / "none.pem"}"\n[station]\ndatabase = "{tmp_path / "db"}"\n')
+    config.write_text(
+        f'[organization]\nname = "X"\nidentity = "{tmp_path / "none.pem"}"\n[station]\ndatabase = "{tmp_path / "db"}"\n'
+    )
     result = CliRunner().invoke(app, ["run", "--config", str(config)])
     assert result.exit_code == 2
     assert "stationd identity create" in result.output
@@ -252,7 +255,9 @@ async def test_sigkill_at_every_step_under_every_erase_behaviour_ends_provisione
                 assert state["device_name"] == f"Kill School-{spec.serial}"
             ignoring = emulator.devices[specs[2].udid].snapshot()
             assert ignoring["erase_count"] == 1 and ignoring["device_name"] == "iPad"
-            export = await anyio.run_process(STATIOND + ["export", "--config", str(config), "--format", "json"], env=env)
+            export = await anyio.run_process(
+                STATIOND + ["export", "--config", str(config), "--format", "json"], env=env
+            )
             states = {row["serial"]: (row["state"], row["error_code"]) for row in json.loads(export.stdout)}
             assert states[specs[2].serial] == ("failed", "name_not_applied")
             assert {states[s.serial] for s in specs[:2]} == {("done", None)}

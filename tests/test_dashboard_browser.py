@@ -28,12 +28,8 @@ SETTLED = """() =>
 LIVE_WAIT_MS = 25_000  # below the page's 30 s fallback poll: the tiles must follow the event stream
 
 
-
-
 @pytest.mark.anyio
-async def test_dashboard_follows_a_cart_to_eight_done_and_one_activation_lock(
-    tmp_path: Path, async_playwright
-) -> None:
+async def test_dashboard_follows_a_cart_to_eight_done_and_one_activation_lock(tmp_path: Path, async_playwright) -> None:
     specs = [generated_spec(i) for i in range(8)]
     specs.append(generated_spec(8, activated=False, activation_locked=True))
     labels = {location_for(i): f"Cart A · {i + 1}" for i in range(10)}

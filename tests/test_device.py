@@ -17,8 +17,8 @@ from pymobiledevice3 import usbmux
 
 from stationd import errors
 from stationd.device import DeviceSession
-from stationd.emulator.ipad import DepAssignment, Fault, generated_spec
 from stationd.emulator.emulator import Emulator
+from stationd.emulator.ipad import DepAssignment, Fault, generated_spec
 from stationd.identity import Identity, create_identity
 from stationd.pipeline.verdicts import judge_supervision
 
@@ -26,7 +26,6 @@ pytestmark = pytest.mark.anyio
 
 ORG = "Example School"
 SKIP = ["AppleID", "Siri", "Privacy"]
-
 
 
 @pytest.fixture(autouse=True)
@@ -68,14 +67,16 @@ def requests_of(emu: Emulator, udid: str, request: str) -> list[str]:
 
 
 def profile(identifier: str, payloads: list[dict], payload_uuid: str | None = None) -> bytes:
-    return plistlib.dumps({
-        "PayloadType": "Configuration",
-        "PayloadIdentifier": identifier,
-        "PayloadUUID": payload_uuid or str(uuid.uuid4()),
-        "PayloadVersion": 1,
-        "PayloadDisplayName": identifier,
-        "PayloadContent": payloads,
-    })
+    return plistlib.dumps(
+        {
+            "PayloadType": "Configuration",
+            "PayloadIdentifier": identifier,
+            "PayloadUUID": payload_uuid or str(uuid.uuid4()),
+            "PayloadVersion": 1,
+            "PayloadDisplayName": identifier,
+            "PayloadContent": payloads,
+        }
+    )
 
 
 def wifi_profile() -> bytes:
@@ -94,8 +95,12 @@ def wifi_profile() -> bytes:
 
 def enrollment_profile(with_mdm: bool) -> bytes:
     payload_type = "com.apple.mdm" if with_mdm else "com.apple.webClip.managed"
-    payload = {"PayloadType": payload_type, "PayloadIdentifier": "org.example.mdm.payload",
-               "PayloadUUID": str(uuid.uuid4()), "PayloadVersion": 1}
+    payload = {
+        "PayloadType": payload_type,
+        "PayloadIdentifier": "org.example.mdm.payload",
+        "PayloadUUID": str(uuid.uuid4()),
+        "PayloadVersion": 1,
+    }
     return profile("org.example.mdm", [payload])
 
 
@@ -315,8 +320,9 @@ async def test_supervised_by_another_organisation(mux_dir: Path, pair_records: P
         assert requests_of(emu, spec.udid, "SetCloudConfiguration") == []
     assert held["OrganizationName"] == "Other School"
     with pytest.raises(errors.AlreadySupervised) as caught:
-        judge_supervision(held, organization=ORG, certificate_der=identity.certificate_der, serial=spec.serial,
-                          erased=False)
+        judge_supervision(
+            held, organization=ORG, certificate_der=identity.certificate_der, serial=spec.serial, erased=False
+        )
     assert "Other School" in caught.value.message and spec.serial in caught.value.message
 
 
@@ -327,8 +333,9 @@ async def test_dep_assigned_elsewhere_after_activation(mux_dir: Path, pair_recor
             assert await device.activate(http, emu.activation_url) == "Activated"
             held = await device.mc.supervise(ORG, SKIP)
     with pytest.raises(errors.DepAssignedElsewhere) as caught:
-        judge_supervision(held, organization=ORG, certificate_der=identity.certificate_der, serial=spec.serial,
-                          erased=True)
+        judge_supervision(
+            held, organization=ORG, certificate_der=identity.certificate_der, serial=spec.serial, erased=True
+        )
     message = caught.value.message
     assert "Regional Service" in message and f"release serial {spec.serial}" in message
     assert "erase it" not in message.lower(), "erasing cannot help: Apple hands the configuration back"

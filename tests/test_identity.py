@@ -41,7 +41,10 @@ def p12(tmp_path, identity):
     path = tmp_path / "export.p12"
     path.write_bytes(
         pkcs12.serialize_key_and_certificates(
-            b"Example School", identity.private_key, identity.certificate, None,
+            b"Example School",
+            identity.private_key,
+            identity.certificate,
+            None,
             serialization.BestAvailableEncryption(b"s3cret"),
         )
     )
@@ -50,7 +53,7 @@ def p12(tmp_path, identity):
 
 def self_signed(key, days_valid=30, days_ago=0):
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Old School")])
-    start = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=days_ago)
+    start = dt.datetime.now(dt.UTC) - dt.timedelta(days=days_ago)
     return (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -66,9 +69,7 @@ def self_signed(key, days_valid=30, days_ago=0):
 def write_pem(path, certificate, key):
     path.write_bytes(
         certificate.public_bytes(serialization.Encoding.PEM)
-        + key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
+        + key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
     path.chmod(0o600)
 
@@ -89,7 +90,7 @@ def test_created_certificate_names_the_organisation_for_ten_years(identity):
     subject = identity.certificate.subject
     assert subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "Example School"
     assert subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value == "Example School"
-    remaining = identity.not_valid_after - dt.datetime.now(dt.timezone.utc)
+    remaining = identity.not_valid_after - dt.datetime.now(dt.UTC)
     assert dt.timedelta(days=3640) < remaining <= dt.timedelta(days=3650)
     assert identity.certificate_der == identity.certificate.public_bytes(serialization.Encoding.DER)
 
@@ -131,9 +132,22 @@ def test_sign_embeds_the_data_and_the_certificate(identity):
 def test_signature_verifies_with_openssl(tmp_path, identity):
     (tmp_path / "signature.der").write_bytes(identity.sign(b"challenge"))
     result = subprocess.run(
-        ["openssl", "cms", "-verify", "-inform", "DER", "-in", "signature.der", "-binary", "-noverify",
-         "-out", "content.bin"],
-        cwd=tmp_path, capture_output=True, check=False,
+        [
+            "openssl",
+            "cms",
+            "-verify",
+            "-inform",
+            "DER",
+            "-in",
+            "signature.der",
+            "-binary",
+            "-noverify",
+            "-out",
+            "content.bin",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "content.bin").read_bytes() == b"challenge"
@@ -174,7 +188,8 @@ def test_encrypted_key_in_the_station_file_is_refused_with_a_fix(tmp_path, ident
     path.write_bytes(
         identity.certificate.public_bytes(serialization.Encoding.PEM)
         + identity.private_key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
             serialization.BestAvailableEncryption(b"pw"),
         )
     )
@@ -242,7 +257,8 @@ def test_import_pem_with_encrypted_key(tmp_path, identity):
     source = tmp_path / "encrypted.pem"
     source.write_bytes(
         identity.private_key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
             serialization.BestAvailableEncryption(b"pw"),
         )
         + identity.certificate.public_bytes(serialization.Encoding.PEM)

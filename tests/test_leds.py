@@ -16,12 +16,16 @@ PORT = "Hub A · 1"
 LEDS = {"red": "hubA:red:1", "green": "hubA:green:1"}
 
 
-
 def fake_led(root: Path, name: str, *, max_brightness: int = 255, triggers: str = "[none] timer heartbeat") -> None:
     folder = root / name
     folder.mkdir(parents=True)
-    for attribute, value in (("brightness", "0"), ("max_brightness", str(max_brightness)), ("trigger", triggers),
-                             ("delay_on", "500"), ("delay_off", "500")):
+    for attribute, value in (
+        ("brightness", "0"),
+        ("max_brightness", str(max_brightness)),
+        ("trigger", triggers),
+        ("delay_on", "500"),
+        ("delay_off", "500"),
+    ):
         (folder / attribute).write_text(value)
 
 
@@ -42,8 +46,14 @@ def leds_host(settings: dict[str, Any]) -> PluginHost:
 
 
 def changed(status: str, label: str = PORT, id: int = 1) -> Event:
-    return Event(id=id, ts=1.0, station_id="cart-1", kind="port.changed", port_label=label,
-                 data={"status": status, "previous": "empty"})
+    return Event(
+        id=id,
+        ts=1.0,
+        station_id="cart-1",
+        kind="port.changed",
+        port_label=label,
+        data={"status": status, "previous": "empty"},
+    )
 
 
 OFF = {"trigger": "none", "brightness": "0"}
@@ -71,8 +81,9 @@ def test_each_port_status_lights_its_pattern(sysfs: Path, status: str, green: di
 
 @pytest.mark.anyio
 async def test_leds_follow_port_changes_through_the_host(sysfs: Path) -> None:
-    host = leds_host({"root": str(sysfs), "ports": {PORT: LEDS}, "patterns": {"failed": {"red": "blink"}},
-                      "blink_ms": 100})
+    host = leds_host(
+        {"root": str(sysfs), "ports": {PORT: LEDS}, "patterns": {"failed": {"red": "blink"}}, "blink_ms": 100}
+    )
     bus = EventBus()
     await host.startup()
     with anyio.fail_after(10):

@@ -7,16 +7,15 @@ from pathlib import Path
 
 import pytest
 from rig import make_rig
-
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from stationd import errors
-from stationd.httpserve import HTTPServer
 from stationd.config import ActivationConfig, StepsConfig
 from stationd.emulator import generated_spec
+from stationd.httpserve import HTTPServer
 
 NO_ERASE = StepsConfig(erase=False)
 

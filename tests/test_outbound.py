@@ -46,10 +46,16 @@ def mdm() -> Starlette:
     async def upgrade(request: Request) -> Response:
         return RedirectResponse(str(request.url.replace(scheme="https", path="/profile")), status_code=307)
 
-    return Starlette(routes=[
-        Route("/profile", profile), Route("/elsewhere", elsewhere), Route("/relative", relative),
-        Route("/huge", huge), Route("/endless", endless), Route("/upgrade", upgrade),
-    ])
+    return Starlette(
+        routes=[
+            Route("/profile", profile),
+            Route("/elsewhere", elsewhere),
+            Route("/relative", relative),
+            Route("/huge", huge),
+            Route("/endless", endless),
+            Route("/upgrade", upgrade),
+        ]
+    )
 
 
 @contextlib.asynccontextmanager

@@ -20,8 +20,9 @@ async def test_one_set_of_host_keys_pairs_every_ipad_and_the_root_key_stays_home
     specs = [generated_spec(0), generated_spec(1)]
     async with Emulator(specs, socket_path=tmp_path / "mux", speed=0, activation_address=None) as emulator:
         for spec in specs:
-            async with DeviceSession(spec.udid, usbmux_address=emulator.usbmux_address, pair_records=records,
-                                     identity=identity) as session:
+            async with DeviceSession(
+                spec.udid, usbmux_address=emulator.usbmux_address, pair_records=records, identity=identity
+            ) as session:
                 assert (await session.facts()).serial == spec.serial
         saved = [plistlib.loads((records / f"{spec.udid}.plist").read_bytes()) for spec in specs]
         on_devices = [emulator.devices[spec.udid].paired_hosts for spec in specs]

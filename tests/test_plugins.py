@@ -24,7 +24,6 @@ from stationd.plugins import PluginConfigError, PluginContext, PluginError, Plug
 EXAMPLE = Path(__file__).parent / "plugin_example"
 
 
-
 def event(id: int, kind: str = "step.started", **fields: Any) -> Event:
     return Event(id=id, ts=1000.0 + id, station_id="cart-1", kind=kind, **fields)
 
@@ -227,9 +226,12 @@ async def test_every_hook_in_order_with_its_own_settings() -> None:
     assert ("report", "F9F123") in plugin.calls
     assert [call for call in plugin.calls if call[0] != "report"] == [
         ("startup", ("cart-1", {"colour": "green"})),
-        ("event", 1), ("port", "busy"),
-        ("event", 2), ("failed", "timeout"),
-        ("event", 3), ("done", 3),
+        ("event", 1),
+        ("port", "busy"),
+        ("event", 2),
+        ("failed", "timeout"),
+        ("event", 3),
+        ("done", 3),
         ("event", 4),
         ("event", 999),
         ("shutdown", "cart-1"),
@@ -310,8 +312,16 @@ async def test_desktop_notifies_chosen_events_with_the_command(tmp_path: Path) -
     host = PluginHost(PluginsConfig(enabled=("desktop",), settings=settings), "cart-1")
     async with hosting(host) as bus:
         bus.publish(event(1, "device.done", serial="F9F1", port_label="Hub A · 1"))
-        bus.publish(event(2, "step.failed", serial="F9F2", port_label="Hub A · 2", step="activate",
-                          data={"error_code": "x", "error_message": "Apple said no"}))
+        bus.publish(
+            event(
+                2,
+                "step.failed",
+                serial="F9F2",
+                port_label="Hub A · 2",
+                step="activate",
+                data={"error_code": "x", "error_message": "Apple said no"},
+            )
+        )
         bus.publish(event(3, "batch.done", data={"done": 9, "failed": 1}))
     notes = [json.loads(line) for line in out.read_text().splitlines()]
     assert notes == [
@@ -344,8 +354,13 @@ def board_events() -> list[Event]:
         event(4, "step.finished", **one, step="erase"),
         event(5, "step.started", **one, step="activate"),
         event(6, "step.started", **two, step="erase"),
-        event(7, "step.failed", **two, step="erase", data={"error_code": "erase_timeout",
-                                                           "error_message": "The iPad did not come back"}),
+        event(
+            7,
+            "step.failed",
+            **two,
+            step="erase",
+            data={"error_code": "erase_timeout", "error_message": "The iPad did not come back"},
+        ),
         event(8, "port.changed", **two, data={"status": "failed", "previous": "busy"}),
         event(9, "device.done", **three, data={"name": "Lincoln-F9F333"}),
         event(10, "port.changed", **three, data={"status": "done", "previous": "busy"}),

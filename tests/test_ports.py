@@ -59,7 +59,9 @@ def test_ports_learn_command_writes_the_config(tmp_path: Path) -> None:
         text = example_config("Port School")
         config.write_text(text.replace("[station]\n", f'[station]\nusbmuxd = "{emulator.usbmux_address}"\n', 1))
         runner = CliRunner()
-        result = runner.invoke(app, ["ports", "--config", str(config), "--learn", "--prefix", "Cart 1 · ", "--count", "2"])
+        result = runner.invoke(
+            app, ["ports", "--config", str(config), "--learn", "--prefix", "Cart 1 · ", "--count", "2"]
+        )
     assert result.exit_code == 0, result.output
     assert "Wrote 2 port label(s)" in result.output
     labels = load_config(config).ports.labels

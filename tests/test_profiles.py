@@ -89,12 +89,14 @@ def test_all_problems_are_reported_together():
 
 
 def test_wifi_payload_needs_an_ssid():
-    content = [{
-        "PayloadType": WIFI_PAYLOAD_TYPE,
-        "PayloadVersion": 1,
-        "PayloadIdentifier": "x.wifi",
-        "PayloadUUID": "A",
-    }]
+    content = [
+        {
+            "PayloadType": WIFI_PAYLOAD_TYPE,
+            "PayloadVersion": 1,
+            "PayloadIdentifier": "x.wifi",
+            "PayloadUUID": "A",
+        }
+    ]
     with pytest.raises(ProfileInvalid, match="SSID_STR"):
         validate_profile(plistlib.dumps(profile(PayloadContent=content)), "wifi")
 

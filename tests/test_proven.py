@@ -55,7 +55,10 @@ URL_VARIANTS: dict[str, dict[str, Any]] = {
     "dep_elsewhere_at_activation": {"dep": "elsewhere"},
     "dep_elsewhere_on_request": {"dep": "elsewhere", "behaviour": Behaviour(dep_fetch="request")},
 }
-URL_ALLOWED_FAILURES = {"ignores_names": {"name_not_applied"}, "dep_elsewhere_at_activation": {"dep_assigned_elsewhere"}}
+URL_ALLOWED_FAILURES = {
+    "ignores_names": {"name_not_applied"},
+    "dep_elsewhere_at_activation": {"dep_assigned_elsewhere"},
+}
 DEP_VARIANTS: dict[str, dict[str, Any]] = {
     "ours_activation_accept_1": {"dep": "ours", "behaviour": Behaviour("ack", "activation", "accept", "error", 1)},
     "ours_activation_14002_0": {"dep": "ours", "behaviour": Behaviour("ack", "activation", "error", "error", 0)},
@@ -70,12 +73,26 @@ DEP_VARIANTS: dict[str, dict[str, Any]] = {
 
 def extra_profile(tmp: Path) -> Path:
     path = tmp / "restrictions.mobileconfig"
-    path.write_bytes(plistlib.dumps({
-        "PayloadType": "Configuration", "PayloadIdentifier": EXTRA, "PayloadUUID": str(uuid.uuid4()).upper(),
-        "PayloadVersion": 1, "PayloadDisplayName": "Restrictions",
-        "PayloadContent": [{"PayloadType": "com.apple.applicationaccess", "PayloadIdentifier": EXTRA + ".r",
-                            "PayloadUUID": str(uuid.uuid4()).upper(), "PayloadVersion": 1, "allowCamera": False}],
-    }))
+    path.write_bytes(
+        plistlib.dumps(
+            {
+                "PayloadType": "Configuration",
+                "PayloadIdentifier": EXTRA,
+                "PayloadUUID": str(uuid.uuid4()).upper(),
+                "PayloadVersion": 1,
+                "PayloadDisplayName": "Restrictions",
+                "PayloadContent": [
+                    {
+                        "PayloadType": "com.apple.applicationaccess",
+                        "PayloadIdentifier": EXTRA + ".r",
+                        "PayloadUUID": str(uuid.uuid4()).upper(),
+                        "PayloadVersion": 1,
+                        "allowCamera": False,
+                    }
+                ],
+            }
+        )
+    )
     return path
 
 
@@ -128,7 +145,8 @@ async def run_matrix(tmp: Path, variants: dict[str, dict[str, Any]], mode: str =
 async def test_url_mode_every_variant_interrupted_at_every_step_ends_provisioned_or_named(tmp_path: Path) -> None:
     made, seen = await run_matrix(tmp_path, URL_VARIANTS)
     assert {"identify", "erase", "activate", "supervise", "wifi", "profiles", "enroll", "name", "report"} <= seen[
-        "unplugged"]
+        "unplugged"
+    ]
     for variant, interruption, spec in made:
         final, state = seen["finals"][spec.udid], seen["states"][spec.udid]
         where = f"{variant}/{interruption}"
@@ -168,7 +186,8 @@ async def test_dep_mode_every_variant_interrupted_at_every_step_is_judged_by_wha
 @pytest.mark.anyio
 @pytest.mark.parametrize("activated", [False, True])
 async def test_interrupted_between_acknowledging_the_erase_and_going_down_is_erased_once(
-    tmp_path: Path, activated: bool,
+    tmp_path: Path,
+    activated: bool,
 ) -> None:
     # The emulator's speed is 0.0005: 2000 s of ack-to-detach are 1 s here, well inside erase_start.
     spec = generated_spec(0, activated=activated, latency=Latency(erase=2000.0))
@@ -257,8 +276,9 @@ async def test_dep_assigned_elsewhere_is_erased_again_once_released(tmp_path: Pa
         dep = EnrollmentConfig(mode="dep")
         first = await rig.run_until_settled([spec.udid], enrollment=dep)
         assert first[spec.udid].data["error_code"] == "dep_assigned_elsewhere"
-        rig.emulator.devices[spec.udid].spec.dep = DepAssignment(ORG, supervisor_certificates=[
-            rig.identity.certificate_der])
+        rig.emulator.devices[spec.udid].spec.dep = DepAssignment(
+            ORG, supervisor_certificates=[rig.identity.certificate_der]
+        )
         rig.emulator.unplug(spec.udid)
         rig.emulator.plug(spec.udid)
         second = await rig.run_until_settled([spec.udid], enrollment=dep)

@@ -36,7 +36,6 @@ from stationd.config import ApiConfig, Config, EnrollmentConfig, PluginsConfig, 
 from stationd.emulator import generated_spec
 from stationd.httpserve import HTTPServer
 from stationd.station import Station
-from stationd.store import open_store
 
 URL_USER = "pl4nted-user"
 URL_PASSWORD = "Pl4ntedUrlPassword"
@@ -115,8 +114,18 @@ async def until_final(station: Station, udid: str, plug: Any) -> str:
 
 async def read_api(url: str, udid: str) -> dict[str, str]:
     """Every read endpoint, the dashboard's files, and the event stream replayed from the start."""
-    paths = ["/", "/static/dashboard.js", "/api/station", "/api/ports", "/api/devices", f"/api/devices/{udid}",
-             "/api/events?limit=1000", "/api/export", "/api/export?format=json", f"/api/events?udid={udid}"]
+    paths = [
+        "/",
+        "/static/dashboard.js",
+        "/api/station",
+        "/api/ports",
+        "/api/devices",
+        f"/api/devices/{udid}",
+        "/api/events?limit=1000",
+        "/api/export",
+        "/api/export?format=json",
+        f"/api/events?udid={udid}",
+    ]
     found = {}
     async with httpx.AsyncClient(base_url=url, timeout=10) as client:
         for path in paths:
@@ -149,8 +158,16 @@ def cli_outputs(tmp: Path, rig: Rig, enrollment_url: str) -> dict[str, str]:
     runner = CliRunner()
     outputs = {}
     export = tmp / "export.csv"
-    for args in (["status"], ["status", "--json"], ["devices"], ["devices", "--json"], ["export"],
-                 ["export", "--format", "json"], ["export", "-o", str(export)], ["check-config"]):
+    for args in (
+        ["status"],
+        ["status", "--json"],
+        ["devices"],
+        ["devices", "--json"],
+        ["export"],
+        ["export", "--format", "json"],
+        ["export", "-o", str(export)],
+        ["check-config"],
+    ):
         result = runner.invoke(cli, [*args, "--config", str(config)], env={"COLUMNS": "400"})
         assert result.exit_code == 0, (args, result.output)
         outputs["stationd " + " ".join(args[:2])] = result.output
@@ -170,8 +187,13 @@ async def planted(tmp: Path, log_format: str, webhook_format: str, look: Look = 
     hook_app, bad_app = webhook_receiver(), broken_mdm()
     channels: dict[str, str | bytes] = {}
     async with make_rig(tmp, [spec]) as rig, served(hook_app) as hook_url, served(bad_app) as bad_url:
-        webhook = {"url": f"{hook_url}/hook", "format": webhook_format, "events": HOOK_EVENTS, "backoff": 0,
-                   "headers": {"Authorization": f"Bearer {WEBHOOK_SECRET}"}}
+        webhook = {
+            "url": f"{hook_url}/hook",
+            "format": webhook_format,
+            "events": HOOK_EVENTS,
+            "backoff": 0,
+            "headers": {"Authorization": f"Bearer {WEBHOOK_SECRET}"},
+        }
         failing = dataclasses.replace(
             rig.config,
             wifi=WifiConfig(ssid="RigNet", security="WPA2", password=WIFI_PASSWORD),

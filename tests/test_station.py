@@ -46,8 +46,15 @@ async def test_batch_goes_from_attach_to_done(tmp_path: Path) -> None:
         assert all(r["model"] == "iPad13,18" and r["wifi_mac"] for r in rows)
 
 
-STEP_REQUESTS = ["StartSession", "EraseDevice", "CreateTunnel1SessionInfoRequest", "SetCloudConfiguration",
-                 "InstallProfileSilent", "StoreProfile", "SetValue"]
+STEP_REQUESTS = [
+    "StartSession",
+    "EraseDevice",
+    "CreateTunnel1SessionInfoRequest",
+    "SetCloudConfiguration",
+    "InstallProfileSilent",
+    "StoreProfile",
+    "SetValue",
+]
 
 
 @pytest.mark.anyio
@@ -122,8 +129,12 @@ async def test_supervised_by_another_organisation_is_erased_then_done(tmp_path: 
 @pytest.mark.anyio
 @pytest.mark.parametrize(
     ("path", "code", "words"),
-    [("/garbage", "enrollment_invalid", "text/html"), ("/missing", "enrollment_invalid", "404"),
-     ("/no-mdm", "enrollment_invalid", "MDM payload"), ("/unavailable", "enrollment_unavailable", "503")],
+    [
+        ("/garbage", "enrollment_invalid", "text/html"),
+        ("/missing", "enrollment_invalid", "404"),
+        ("/no-mdm", "enrollment_invalid", "MDM payload"),
+        ("/unavailable", "enrollment_unavailable", "503"),
+    ],
 )
 async def test_bad_enrollment_url_fails_clearly(tmp_path: Path, path: str, code: str, words: str) -> None:
     spec = generated_spec(0)
@@ -182,6 +193,7 @@ async def test_done_device_replugged_is_not_touched_again(tmp_path: Path) -> Non
 async def test_restart_resumes_without_erasing_twice(tmp_path: Path) -> None:
     spec = generated_spec(0)
     async with make_rig(tmp_path, [spec]) as rig:
+
         def stop_during_activation(event) -> bool:
             return event.kind == "step.started" and event.step == "activate"
 
@@ -201,11 +213,31 @@ def test_plan_orders_steps_per_mode(tmp_path: Path) -> None:
 
     base = Config(organization=OrganizationConfig(name="X"), wifi=WifiConfig(ssid="N", password="password1"))
     assert plan(dataclasses.replace(base, enrollment=EnrollmentConfig(mode="url", url="https://m/e"))) == [
-        "identify", "erase", "activate", "supervise", "wifi", "enroll", "name", "report"]
+        "identify",
+        "erase",
+        "activate",
+        "supervise",
+        "wifi",
+        "enroll",
+        "name",
+        "report",
+    ]
     assert plan(dataclasses.replace(base, enrollment=EnrollmentConfig(mode="dep"))) == [
-        "identify", "erase", "activate", "wifi", "enroll", "name", "report"]
+        "identify",
+        "erase",
+        "activate",
+        "wifi",
+        "enroll",
+        "name",
+        "report",
+    ]
     assert plan(dataclasses.replace(base, steps=StepsConfig(erase=False, activate=False))) == [
-        "identify", "supervise", "wifi", "name", "report"]
+        "identify",
+        "supervise",
+        "wifi",
+        "name",
+        "report",
+    ]
     with pytest.raises(ConfigurationError, match="wifi"):
         plan(dataclasses.replace(base, wifi=None, enrollment=EnrollmentConfig(mode="dep")))
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import sqlite3
@@ -14,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 import stationd.store.sqlite as sqlite_backend
@@ -40,7 +40,6 @@ class FakeClock:
     def __call__(self) -> float:
         self.now += 1.0
         return self.now
-
 
 
 @pytest.fixture
@@ -268,9 +267,7 @@ async def test_database_forbids_two_unfinished_jobs_for_one_device(store: Store,
                     "INSERT INTO jobs (udid, station_id, status, started_at) VALUES ('UDID-1', 'b', ?, 0)",
                     (status,),
                 )
-        db.execute(
-            "INSERT INTO jobs (udid, station_id, status, started_at) VALUES ('UDID-1', 'b', 'done', 0)"
-        )
+        db.execute("INSERT INTO jobs (udid, station_id, status, started_at) VALUES ('UDID-1', 'b', 'done', 0)")
 
 
 # Transitions
@@ -516,13 +513,17 @@ async def test_cancelled_caller_leaves_a_usable_consistent_store(store: Store) -
 
     async def finish_erase() -> None:
         await store.record_transition(
-            udid=job.udid, job_id=job.id, station_id=STATION, kind="step.finished", state="erase",
+            udid=job.udid,
+            job_id=job.id,
+            station_id=STATION,
+            kind="step.finished",
+            state="erase",
             completed_step="erase",
         )
 
     async with anyio.create_task_group() as group:
         group.start_soon(finish_erase)
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         group.cancel_scope.cancel()
 
     assert (await store.get_device("UDID-1")).state == "erase"

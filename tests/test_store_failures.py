@@ -30,8 +30,12 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         pytest.skip("filling a disk needs a small tmpfs, and mounting one needs root: run the suite as root (CI does)")
     disk = tmp_path / "disk"
     disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(disk)],
-                             check=False, capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(disk)],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     try:
@@ -95,7 +99,7 @@ async def test_a_damaged_page_is_found_at_start_and_the_file_is_left_untouched(t
     pages = len(data) // PAGE
     assert pages >= 4
     middle = pages // 2
-    data[middle * PAGE:(middle + 1) * PAGE] = b"\xa5" * PAGE
+    data[middle * PAGE : (middle + 1) * PAGE] = b"\xa5" * PAGE
     database.write_bytes(bytes(data))
     before = hashlib.sha256(database.read_bytes()).hexdigest()
 

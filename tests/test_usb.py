@@ -1,4 +1,4 @@
-"""Tests of stationd.usbmux: usbmuxd address spellings and the hotplug watcher, against the emulator and fake servers."""
+"""stationd.usbmux: usbmuxd address spellings and the hotplug watcher, against the emulator and fake servers."""
 
 from __future__ import annotations
 
@@ -25,7 +25,6 @@ pytestmark = pytest.mark.anyio
 
 FAST = (0.01, 0.05)
 HEADER = struct.Struct("<IIII")
-
 
 
 @pytest.fixture
@@ -119,7 +118,7 @@ async def test_pymobiledevice3_reaches_the_emulator_at_every_spelling_we_give_it
     socket_path = {"plain path": tmp_path / "mux", "path with a colon": tmp_path / "a:b"}.get(where)
     tcp = "127.0.0.1:0" if where == "tcp" else None
     async with Emulator([spec], socket_path=socket_path, tcp_address=tcp, speed=0, activation_address=None) as emu:
-        for spelling in ([emu.usbmux_address, f"UNIX:{emu.usbmux_address}"] if socket_path else [emu.usbmux_address]):
+        for spelling in [emu.usbmux_address, f"UNIX:{emu.usbmux_address}"] if socket_path else [emu.usbmux_address]:
             given = usbmux_address.parse(spelling).for_pymobiledevice3()
             devices = await usbmux.list_devices(usbmux_address=given)
             assert [device.serial for device in devices] == [spec.udid], spelling

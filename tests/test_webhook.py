@@ -23,12 +23,29 @@ from stationd.plugins import PluginHost
 SECRET_HEADER = "Bearer header-secret-7f3a"
 SECRET_PATH = "T000/B000/path-secret-91c2"
 
-DONE = Event(id=1, ts=1000.0, station_id="cart-1", kind="device.done", udid="u1", serial="F9FXK2LQ", step="report",
-             port_label="Hub A · 3", data={"name": "Lincoln-F9FXK2LQ"})
-FAILED = Event(id=2, ts=1001.0, station_id="cart-1", kind="step.failed", udid="u2", serial="F9FZZ9", step="activate",
-               port_label="Hub A · 4", data={"error_code": "activation_refused", "error_message": "Apple refused"})
+DONE = Event(
+    id=1,
+    ts=1000.0,
+    station_id="cart-1",
+    kind="device.done",
+    udid="u1",
+    serial="F9FXK2LQ",
+    step="report",
+    port_label="Hub A · 3",
+    data={"name": "Lincoln-F9FXK2LQ"},
+)
+FAILED = Event(
+    id=2,
+    ts=1001.0,
+    station_id="cart-1",
+    kind="step.failed",
+    udid="u2",
+    serial="F9FZZ9",
+    step="activate",
+    port_label="Hub A · 4",
+    data={"error_code": "activation_refused", "error_message": "Apple refused"},
+)
 STOP = Event(id=3, ts=1002.0, station_id="cart-1", kind="station.stopping")
-
 
 
 class Endpoint:
@@ -78,8 +95,11 @@ async def test_retries_until_the_endpoint_accepts_and_keeps_secrets_out_of_the_l
     assert all(body == DONE.as_dict() for _, body in endpoint.requests)
     kinds = [entry["event"] for entry in logs if entry["event"].startswith("webhook.")]
     assert kinds == ["webhook.retry", "webhook.retry", "webhook.sent"]
-    assert all(entry["error"] == "HTTP 500" and entry["host"] == "127.0.0.1" for entry in logs
-               if entry["event"] == "webhook.retry")
+    assert all(
+        entry["error"] == "HTTP 500" and entry["host"] == "127.0.0.1"
+        for entry in logs
+        if entry["event"] == "webhook.retry"
+    )
     logged = repr(logs)
     assert "header-secret" not in logged and "path-secret" not in logged
     assert host.failures == {}
@@ -90,10 +110,20 @@ async def test_retries_until_the_endpoint_accepts_and_keeps_secrets_out_of_the_l
     ("fmt", "expected"),
     [
         ("json", [DONE.as_dict(), FAILED.as_dict()]),
-        ("slack", [{"text": "✅ iPad F9FXK2LQ (Hub A · 3 · cart-1) done: Lincoln-F9FXK2LQ"},
-                   {"text": "⚠️ iPad F9FZZ9 (Hub A · 4 · cart-1) failed at activate: Apple refused"}]),
-        ("teams", [{"@type": "MessageCard", "@context": "https://schema.org/extensions", "text": message(DONE)},
-                   {"@type": "MessageCard", "@context": "https://schema.org/extensions", "text": message(FAILED)}]),
+        (
+            "slack",
+            [
+                {"text": "✅ iPad F9FXK2LQ (Hub A · 3 · cart-1) done: Lincoln-F9FXK2LQ"},
+                {"text": "⚠️ iPad F9FZZ9 (Hub A · 4 · cart-1) failed at activate: Apple refused"},
+            ],
+        ),
+        (
+            "teams",
+            [
+                {"@type": "MessageCard", "@context": "https://schema.org/extensions", "text": message(DONE)},
+                {"@type": "MessageCard", "@context": "https://schema.org/extensions", "text": message(FAILED)},
+            ],
+        ),
     ],
 )
 async def test_body_formats(fmt: str, expected: list[dict]) -> None:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up and run the whole test suite on a fresh machine: a virtual environment with stationd and its test extras,
 # and Debian's Chromium for the dashboard's browser test (installed when running as root; otherwise that one test
-# is skipped with the reason). Extra arguments go to pytest.
+# is skipped with the reason). Lint (ruff), format (ruff format --check) and types (mypy) are checked first; the
+# tests run only when they pass. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v chromium >/dev/null 2>&1; then
@@ -13,4 +14,7 @@ if ! command -v chromium >/dev/null 2>&1; then
 fi
 python3 -m venv .venv
 .venv/bin/pip install -q -e '.[test]'
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/mypy
 exec .venv/bin/python -m pytest -q "$@"

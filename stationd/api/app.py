@@ -28,9 +28,8 @@ from stationd.api.views import device_view, job_view, port_views, status_counts
 from stationd.config import api_exposure_problem
 from stationd.errors import ConfigurationError
 from stationd.events import Event
-from stationd.httpserve import HTTPServer, parse_address
 from stationd.export import device_rows, to_csv, to_json
-
+from stationd.httpserve import HTTPServer, parse_address
 
 if TYPE_CHECKING:
     from stationd.station import Station
@@ -258,8 +257,11 @@ class Api:
             body = None
         step = body.get("step") if isinstance(body, dict) else None
         if not isinstance(step, str) or step not in plan:
-            return error(400, f'send a JSON body naming a step of the plan, like {{"step": "wifi"}} (with the header '
-                         f'Content-Type: application/json); steps: {", ".join(plan)}')
+            return error(
+                400,
+                f'send a JSON body naming a step of the plan, like {{"step": "wifi"}} (with the header '
+                f"Content-Type: application/json); steps: {', '.join(plan)}",
+            )
         return await self._act(request, "skip", lambda udid: self.station.skip(udid, step), step=step, checked=True)
 
     async def forget(self, request: Request) -> Response:
@@ -385,8 +387,12 @@ async def serve(station: Station, *, heartbeat: float = HEARTBEAT) -> AsyncItera
             '(another port, or "" to turn it off)'
         ) from e
     async with server.running() as url:
-        log.info("api.listening", url=url, actions="enabled" if config.token else "disabled",
-                 max_connections=server.limits.max_connections)
+        log.info(
+            "api.listening",
+            url=url,
+            actions="enabled" if config.token else "disabled",
+            max_connections=server.limits.max_connections,
+        )
         try:
             yield url
         finally:

@@ -109,8 +109,12 @@ class Guard:
         if len(self.logged) < LOGGED_HOSTS and host not in self.logged:
             self.logged.add(host)
             client = scope.get("client")
-            log.warning("api.host_refused", host=host[:100], client=client[0] if client else None,
-                        hint='a name the station should answer to goes in [api] hosts = ["..."]')
+            log.warning(
+                "api.host_refused",
+                host=host[:100],
+                client=client[0] if client else None,
+                hint='a name the station should answer to goes in [api] hosts = ["..."]',
+            )
         message = (
             f"this station does not answer to the host name {host[:100]!r}: open it by its IP address or a "
             'configured name (add names to [api] hosts = ["..."] in the configuration)'

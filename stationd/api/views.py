@@ -17,6 +17,7 @@ from stationd.store import DeviceRecord, JobRecord
 if TYPE_CHECKING:
     from stationd.station import Station
 
+
 def location_hex(location_id: int | None) -> str | None:
     return None if location_id is None else f"0x{location_id:08x}"
 
@@ -118,9 +119,7 @@ def _empty_port(label: str, location: int | None, plan: list[str]) -> dict[str, 
     }
 
 
-def _occupied(
-    device: DeviceRecord, status: str, job: JobRecord | None, plan: list[str], now: float
-) -> dict[str, Any]:
+def _occupied(device: DeviceRecord, status: str, job: JobRecord | None, plan: list[str], now: float) -> dict[str, Any]:
     view: dict[str, Any] = {"status": status, "device": device_summary(device), "step": device.step}
     view["restarting"] = status == PortStatus.WAITING and _erasing(job)
     summary = job_view(job, plan, now)

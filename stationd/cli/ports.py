@@ -50,8 +50,12 @@ def ports_command(
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(cancel_on_signal, tasks.cancel_scope)
             await learn_from_usbmuxd(
-                loaded.station.usbmuxd, prefix=prefix, start=start, count=count,
-                known=dict(loaded.ports.labels), on_port=on_port,
+                loaded.station.usbmuxd,
+                prefix=prefix,
+                start=start,
+                count=count,
+                known=dict(loaded.ports.labels),
+                on_port=on_port,
             )
             tasks.cancel_scope.cancel()
 

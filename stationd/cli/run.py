@@ -103,8 +103,13 @@ def demo_command(
     board = console.is_terminal
     results = anyio.run(
         lambda: demo(
-            devices, speed=speed, exit_when_done=exit_when_done, workdir=workdir, board=board,
-            show=(lambda event: None) if board else show, on_start=announce,
+            devices,
+            speed=speed,
+            exit_when_done=exit_when_done,
+            workdir=workdir,
+            board=board,
+            show=(lambda event: None) if board else show,
+            on_start=announce,
         )
     )
     done = sum(1 for r in results.values() if r == "done")

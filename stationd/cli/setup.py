@@ -164,7 +164,6 @@ def identity_show(
     _print_identity(identity)
 
 
-
 def doctor_command(
     config: Path | None = typer.Option(None, "--config", help=CONFIG_OPTION_HELP),
 ) -> None:

@@ -29,8 +29,10 @@ def check_config(config: Config) -> list[str]:
         problems.extend(_profile_problems("profiles.extra", profile))
     if config.source is not None:
         problems.extend(_exposed_secrets(config.source, _secrets_held(config)))
-    for key, url in (("enrollment.url", config.enrollment.url if config.enrollment.mode == "url" else None),
-                     ("activation.url", config.activation.url if config.steps.activate else None)):
+    for key, url in (
+        ("enrollment.url", config.enrollment.url if config.enrollment.mode == "url" else None),
+        ("activation.url", config.activation.url if config.steps.activate else None),
+    ):
         warning = plain_http_warning(key, url) if url else None
         if warning is not None:
             problems.append(warning)

@@ -88,7 +88,7 @@ def closest(name: str, known: Iterable[str]) -> str | None:
 
 
 def unknown(name: str, known: Iterable[str], noun: str = "key", *, shape: str = "{}", listing: str = "") -> str:
-    """"unknown setting; did you mean concurrency?", or else `listing` (by default the known names)."""
+    """ "unknown setting; did you mean concurrency?", or else `listing` (by default the known names)."""
     known = list(known)
     close = closest(name, known)
     hint = f"did you mean {shape.format(close)}?" if close else listing or f"known {noun}s: " + ", ".join(known)
@@ -253,8 +253,9 @@ def url(value: Any) -> str:
     except ValueError:
         parts = None
     if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
-        raise Invalid("a web address starting with https:// or http://", value,
-                      example='"https://mdm.example.org/enroll"')
+        raise Invalid(
+            "a web address starting with https:// or http://", value, example='"https://mdm.example.org/enroll"'
+        )
     return value
 
 

@@ -119,8 +119,12 @@ class _Reader:
             try:
                 location = int(key, 0)
             except ValueError:
-                self.error("ports", key, 'is not a LocationID; write it as `stationd ports --learn` does, for '
-                           'example: "0x01110000" = "Hub A · 1"')
+                self.error(
+                    "ports",
+                    key,
+                    "is not a LocationID; write it as `stationd ports --learn` does, for "
+                    'example: "0x01110000" = "Hub A · 1"',
+                )
                 continue
             if not isinstance(value, str) or not value.strip():
                 self.error("ports", key, 'the label must be text, for example: "Hub A · 1"')
@@ -172,8 +176,9 @@ class _Reader:
     def _check_organization(self, found: dict[str, Any]) -> None:
         if "name" not in found and ("organization", "name") not in self.invalid:
             self.error(
-                "organization", "name",
-                'is missing; add a [organization] section with your organisation\'s name, '
+                "organization",
+                "name",
+                "is missing; add a [organization] section with your organisation's name, "
                 'for example: name = "Example School"',
             )
 
@@ -187,8 +192,12 @@ class _Reader:
         if "profile" in given:
             return
         if "ssid" not in given:
-            self.error("wifi", "ssid", 'is missing; write the network name, for example: ssid = "School-WiFi", '
-                       'or give a Wi-Fi profile: profile = "wifi.mobileconfig"')
+            self.error(
+                "wifi",
+                "ssid",
+                'is missing; write the network name, for example: ssid = "School-WiFi", '
+                'or give a Wi-Fi profile: profile = "wifi.mobileconfig"',
+            )
             return
         if ("wifi", "security") in self.invalid or ("wifi", "password") in self.invalid:
             return
@@ -199,18 +208,30 @@ class _Reader:
 
     def _check_wifi_password(self, security: str, password: str | None) -> None:
         if security in PASSWORD_SECURITY and password is None:
-            self.error("wifi", "password", f'is missing; a {security} network needs its password: password = "..." '
-                       '(or write security = "None" for an open network)')
+            self.error(
+                "wifi",
+                "password",
+                f'is missing; a {security} network needs its password: password = "..." '
+                '(or write security = "None" for an open network)',
+            )
         elif security == "None" and password is not None:
-            self.error("wifi", "password", 'an open network (security = "None") has no password; remove the '
-                       'password line or write the right security, for example: security = "WPA2"')
+            self.error(
+                "wifi",
+                "password",
+                'an open network (security = "None") has no password; remove the '
+                'password line or write the right security, for example: security = "WPA2"',
+            )
         elif security in WPA_SECURITY and password is not None and not 8 <= len(password) <= 64:
             self.error("wifi", "password", f"a {security} password has 8 to 63 characters; check it")
 
     def _check_enrollment(self, found: dict[str, Any]) -> None:
         if found.get("mode") == "url" and "url" not in found and ("enrollment", "url") not in self.invalid:
-            self.error("enrollment", "url", 'is missing; mode = "url" needs the enrollment address your MDM gives, '
-                       'for example: url = "https://mdm.example.org/enroll"')
+            self.error(
+                "enrollment",
+                "url",
+                'is missing; mode = "url" needs the enrollment address your MDM gives, '
+                'for example: url = "https://mdm.example.org/enroll"',
+            )
 
     def _check_api(self, found: dict[str, Any]) -> None:
         listen = found.get("listen")
@@ -286,8 +307,6 @@ def deepest_line(text: str, limit: int = MAX_DEPTH) -> int | None:
             depth = max(0, depth - 1)
         index += 1
     return None
-
-
 
 
 def _default_literal(section: str, key: str) -> str | None:

@@ -42,14 +42,22 @@ def schema(base: Path) -> dict[str, dict[str, Converter]]:
     """Each section's keys and their kinds; relative paths are read from `base`, the folder of the file."""
     return {
         "station": {
-            "id": text, "database": path(base), "concurrency": whole(1, MAX_CONCURRENCY), "usbmuxd": usbmuxd,
-            "log_format": choice(LOG_FORMATS), "pair_records": path(base),
+            "id": text,
+            "database": path(base),
+            "concurrency": whole(1, MAX_CONCURRENCY),
+            "usbmuxd": usbmuxd,
+            "log_format": choice(LOG_FORMATS),
+            "pair_records": path(base),
         },
         "organization": {"name": text, "identity": path(base)},
         "steps": {"erase": boolean, "activate": boolean, "skip_setup": texts, "language": text, "region": text},
         "wifi": {
-            "ssid": text, "security": choice(WIFI_SECURITY), "password": text, "auto_join": boolean,
-            "hidden": boolean, "profile": path(base),
+            "ssid": text,
+            "security": choice(WIFI_SECURITY),
+            "password": text,
+            "auto_join": boolean,
+            "hidden": boolean,
+            "profile": path(base),
         },
         "enrollment": {"mode": choice(ENROLLMENT_MODES), "url": url, "dep_url": url},
         "profiles": {"extra": paths(base)},
@@ -88,8 +96,10 @@ def listen_address(value: Any) -> str | None:
 def api_token(value: Any) -> str:
     secret = text(value)
     if not all(33 <= ord(char) < 127 for char in secret):
-        raise Invalid(message="the token must be ASCII letters, digits and punctuation, without spaces (a request "
-                      "header cannot carry anything else); make one with: openssl rand -hex 24")
+        raise Invalid(
+            message="the token must be ASCII letters, digits and punctuation, without spaces (a request "
+            "header cannot carry anything else); make one with: openssl rand -hex 24"
+        )
     if len(secret) < 16:
         raise Invalid(message="the token must be at least 16 characters; make one with: openssl rand -hex 24")
     return secret
@@ -103,8 +113,10 @@ def host_names(value: Any) -> tuple[str, ...]:
     names = texts(value)
     for name in names:
         if not _HOST_NAME.fullmatch(name):
-            raise Invalid(message=f"{toml_string(name)} is not a host name (write names only, without port or "
-                          "scheme)", example='["station-1.school.example"]')
+            raise Invalid(
+                message=f"{toml_string(name)} is not a host name (write names only, without port or scheme)",
+                example='["station-1.school.example"]',
+            )
     return names
 
 
@@ -114,8 +126,9 @@ def addresses(value: Any) -> tuple[str, ...]:
         try:
             ipaddress.ip_network(address, strict=False)
         except ValueError:
-            raise Invalid(message=f"{toml_string(address)} is not an IP address or network",
-                          example='["127.0.0.1"]') from None
+            raise Invalid(
+                message=f"{toml_string(address)} is not an IP address or network", example='["127.0.0.1"]'
+            ) from None
     return found
 
 
@@ -126,11 +139,12 @@ def usbmuxd(value: Any) -> str:
     except usbmux_address.AddressError:
         address = None
     if address is None:
-        raise Invalid("a socket path (/var/run/usbmuxd or UNIX:/var/run/usbmuxd) or HOST:PORT", value,
-                      example=example)
+        raise Invalid("a socket path (/var/run/usbmuxd or UNIX:/var/run/usbmuxd) or HOST:PORT", value, example=example)
     if not address.is_unix and ":" in (address.host or ""):
-        raise Invalid(message="pymobiledevice3 reaches usbmuxd over IPv4 only: give an IPv4 address or a socket path",
-                      example=example)
+        raise Invalid(
+            message="pymobiledevice3 reaches usbmuxd over IPv4 only: give an IPv4 address or a socket path",
+            example=example,
+        )
     return value
 
 

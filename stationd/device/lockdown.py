@@ -66,7 +66,9 @@ async def open_port(
     strip_ssl: bool = False,
 ) -> ServiceConnection:
     sock = await mux_device.connect(port, usbmux_address=usbmux_address)
-    return await ServiceConnection.from_socket(sock, ssl_context=ssl_context, strip_ssl=strip_ssl, mux_device=mux_device)
+    return await ServiceConnection.from_socket(
+        sock, ssl_context=ssl_context, strip_ssl=strip_ssl, mux_device=mux_device
+    )
 
 
 async def mux_device(udid: str, device_id: int | None, address: UsbmuxAddress) -> usbmux.MuxDevice:
@@ -97,9 +99,7 @@ def saved_pair_record(folder: Path, udid: str) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
-async def connect(
-    udid: str, device_id: int | None, address: UsbmuxAddress, pair_records: Path, label: str
-) -> Lockdown:
+async def connect(udid: str, device_id: int | None, address: UsbmuxAddress, pair_records: Path, label: str) -> Lockdown:
     """A lockdown client on the iPad, its values read, its pairing validated when it has one (`paired`)."""
     device = await mux_device(udid, device_id, address)
     pymobiledevice3_address = address.for_pymobiledevice3()

@@ -18,7 +18,10 @@ class SessionOpener:
 
     def open(self, udid: str, device_id: int | None = None) -> DeviceSession:
         return DeviceSession(
-            udid, usbmux_address=self.usbmux, pair_records=self.pair_records, identity=self.identity,
+            udid,
+            usbmux_address=self.usbmux,
+            pair_records=self.pair_records,
+            identity=self.identity,
             device_id=device_id,
         )
 

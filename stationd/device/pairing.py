@@ -56,7 +56,9 @@ class HostKeys:
 
 
 def _pem_key(key: rsa.RSAPrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 @functools.cache
@@ -70,15 +72,17 @@ def host_keys(folder: Path) -> HostKeys:
         root_key, host_key = (
             serialization.load_pem_private_key(b"-----BEGIN PRIVATE KEY-----" + block, None) for block in blocks
         )
-        assert isinstance(root_key, rsa.RSAPrivateKey)
-        return HostKeys(root_certificate, root_key, host_certificate.public_bytes(serialization.Encoding.PEM),
-                        _pem_key(host_key))  # type: ignore[arg-type]
+        assert isinstance(root_key, rsa.RSAPrivateKey) and isinstance(host_key, rsa.RSAPrivateKey)
+        return HostKeys(
+            root_certificate, root_key, host_certificate.public_bytes(serialization.Encoding.PEM), _pem_key(host_key)
+        )
     root_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     host_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     root_certificate = build_root_certificate(root_key, hashes.SHA256())
     host_certificate = build_host_certificate(host_key, root_certificate, root_key, hashes.SHA256())
-    keys = HostKeys(root_certificate, root_key, host_certificate.public_bytes(serialization.Encoding.PEM),
-                    _pem_key(host_key))
+    keys = HostKeys(
+        root_certificate, root_key, host_certificate.public_bytes(serialization.Encoding.PEM), _pem_key(host_key)
+    )
     _write_private(path, keys.root_certificate_pem + keys.host_certificate_pem + _pem_key(root_key) + keys.host_key_pem)
     return keys
 
@@ -138,8 +142,13 @@ async def save_pair_record(lockdown: LockdownClient, record: dict[str, Any], usb
 
 
 async def _request_pair(lockdown: LockdownClient, record: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
-    request: dict[str, Any] = {"Label": lockdown.label, "Request": "Pair", "PairRecord": record,
-                               "ProtocolVersion": "2", "PairingOptions": options}
+    request: dict[str, Any] = {
+        "Label": lockdown.label,
+        "Request": "Pair",
+        "PairRecord": record,
+        "ProtocolVersion": "2",
+        "PairingOptions": options,
+    }
     reply = await lockdown.service.send_recv_plist(request)
     error = str(reply["Error"]) if reply.get("Error") is not None else None
     if error is None or error == "MCChallengeRequired":

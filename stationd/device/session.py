@@ -242,8 +242,12 @@ async def pairing_known(
         service = await connection.open_port(device, connection.LOCKDOWN_PORT, usbmux_address.for_pymobiledevice3())
         try:
             reply = await service.send_recv_plist(
-                {"Label": label, "Request": "StartSession", "HostID": pairing["host_id"],
-                 "SystemBUID": pairing["system_buid"]}
+                {
+                    "Label": label,
+                    "Request": "StartSession",
+                    "HostID": pairing["host_id"],
+                    "SystemBUID": pairing["system_buid"],
+                }
             )
         finally:
             with suppress(Exception):

@@ -78,8 +78,7 @@ def device_gone(subject: Subject) -> errors.DeviceGone:
 
 def connection_dropped(subject: Subject, error: BaseException) -> errors.ConnectionDropped:
     return errors.ConnectionDropped(
-        f"The connection to {subject.who} dropped ({detail(error)}): if it keeps happening, try another cable "
-        "or port."
+        f"The connection to {subject.who} dropped ({detail(error)}): if it keeps happening, try another cable or port."
     )
 
 
@@ -182,13 +181,17 @@ def mcinstall_error(reply: dict[str, Any], subject: Subject, step: str, profile:
     if code == SETUP_FINISHED:
         return already_set_up(subject)
     if code == CLOUD_CONFIGURATION_PRESENT:
-        return errors.ForeignConfiguration(f"{subject.who} already holds a configuration ({description}): {ERASE_HINT}.")
+        return errors.ForeignConfiguration(
+            f"{subject.who} already holds a configuration ({description}): {ERASE_HINT}."
+        )
     if code in SUPERVISION_CODES:
         return errors.NotSupervisedByUs(
             f"{subject.who} is not supervised by {subject.org} ({description}): {ERASE_HINT} so the station "
             "can supervise it."
         )
     if profile or domain == PROFILE_DOMAIN:
-        return errors.ProfileRejected(f"{subject.who} rejected the profile: {description}. Fix the profile, then replug.")
+        return errors.ProfileRejected(
+            f"{subject.who} rejected the profile: {description}. Fix the profile, then replug."
+        )
     where = " ".join(part for part in (domain, f"error {code}" if code is not None else "") if part)
     return refused(subject, step, f"{description}; {where}" if where else description)

@@ -1,5 +1,6 @@
 """Virtual iPads: usbmuxd, lockdownd (with TLS) and the device services behind it as a real client sees them."""
 
+from stationd.emulator.emulator import Emulator
 from stationd.emulator.ipad import (
     Behaviour,
     DepAssignment,
@@ -9,6 +10,14 @@ from stationd.emulator.ipad import (
     VirtualDevice,
     generated_spec,
 )
-from stationd.emulator.emulator import Emulator
 
-__all__ = ["Behaviour", "DepAssignment", "DeviceSpec", "Emulator", "Fault", "Latency", "VirtualDevice", "generated_spec"]
+__all__ = [
+    "Behaviour",
+    "DepAssignment",
+    "DeviceSpec",
+    "Emulator",
+    "Fault",
+    "Latency",
+    "VirtualDevice",
+    "generated_spec",
+]

@@ -50,14 +50,14 @@ class ActivationAuthority:
 def buddyml_lock_page(serial: str) -> str:
     """The Activation Lock page: Apple asks for the Apple ID that locked the device."""
     return (
-        "<xmlui><page><navigationBar title=\"Activation Lock\" hidesBackButton=\"false\"/>"
+        '<xmlui><page><navigationBar title="Activation Lock" hidesBackButton="false"/>'
         "<tableView><section>"
-        "<editableTextRow id=\"login\" label=\"Apple ID\" placeholder=\"example@icloud.com\"/>"
-        "<editableTextRow id=\"password\" label=\"Password\" secure=\"true\"/>"
+        '<editableTextRow id="login" label="Apple ID" placeholder="example@icloud.com"/>'
+        '<editableTextRow id="password" label="Password" secure="true"/>'
         "<footer>This iPad is linked to an Apple ID. Enter the Apple ID and password that were used to set up "
         f"this iPad (serial {serial}).</footer>"
         "</section></tableView></page>"
-        f"<serverInfo isAuthRequired=\"true\" serial=\"{serial}\"/></xmlui>"
+        f'<serverInfo isAuthRequired="true" serial="{serial}"/></xmlui>'
     )
 
 

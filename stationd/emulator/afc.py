@@ -25,15 +25,40 @@ MAX_HANDLES = 64
 STATUS, DATA, READ_DIR, REMOVE_PATH, MAKE_DIR, GET_FILE_INFO, GET_DEVINFO = 0x01, 0x02, 0x03, 0x08, 0x09, 0x0A, 0x0B
 FILE_OPEN, FILE_OPEN_RES, READ, WRITE, FILE_SEEK, FILE_TELL, FILE_TELL_RES = 0x0D, 0x0E, 0x0F, 0x10, 0x11, 0x12, 0x13
 FILE_CLOSE, FILE_SET_SIZE, RENAME_PATH, FILE_LOCK = 0x14, 0x15, 0x18, 0x1B
-NAMES = {READ_DIR: "ReadDir", REMOVE_PATH: "RemovePath", MAKE_DIR: "MakeDir", GET_FILE_INFO: "GetFileInfo",
-         GET_DEVINFO: "GetDeviceInfo", FILE_OPEN: "FileRefOpen", READ: "FileRefRead", WRITE: "FileRefWrite",
-         FILE_SEEK: "FileRefSeek", FILE_TELL: "FileRefTell", FILE_CLOSE: "FileRefClose",
-         FILE_SET_SIZE: "FileRefSetFileSize", RENAME_PATH: "RenamePath", FILE_LOCK: "FileRefLock"}
+NAMES = {
+    READ_DIR: "ReadDir",
+    REMOVE_PATH: "RemovePath",
+    MAKE_DIR: "MakeDir",
+    GET_FILE_INFO: "GetFileInfo",
+    GET_DEVINFO: "GetDeviceInfo",
+    FILE_OPEN: "FileRefOpen",
+    READ: "FileRefRead",
+    WRITE: "FileRefWrite",
+    FILE_SEEK: "FileRefSeek",
+    FILE_TELL: "FileRefTell",
+    FILE_CLOSE: "FileRefClose",
+    FILE_SET_SIZE: "FileRefSetFileSize",
+    RENAME_PATH: "RenamePath",
+    FILE_LOCK: "FileRefLock",
+}
 
 # Status codes. A real iPad answers "unknown error" when asked to remove a directory that is not empty.
-ERRORS = {"SUCCESS": 0, "UNKNOWN_ERROR": 1, "OP_HEADER_INVALID": 2, "NO_RESOURCES": 3, "UNKNOWN_PACKET_TYPE": 6,
-          "INVALID_ARG": 7, "OBJECT_NOT_FOUND": 8, "OBJECT_IS_DIR": 9, "PERM_DENIED": 10, "TOO_MUCH_DATA": 13,
-          "END_OF_DATA": 14, "OBJECT_EXISTS": 16, "NO_SPACE_LEFT": 18, "DIR_NOT_EMPTY": 1}
+ERRORS = {
+    "SUCCESS": 0,
+    "UNKNOWN_ERROR": 1,
+    "OP_HEADER_INVALID": 2,
+    "NO_RESOURCES": 3,
+    "UNKNOWN_PACKET_TYPE": 6,
+    "INVALID_ARG": 7,
+    "OBJECT_NOT_FOUND": 8,
+    "OBJECT_IS_DIR": 9,
+    "PERM_DENIED": 10,
+    "TOO_MUCH_DATA": 13,
+    "END_OF_DATA": 14,
+    "OBJECT_EXISTS": 16,
+    "NO_SPACE_LEFT": 18,
+    "DIR_NOT_EMPTY": 1,
+}
 
 # FILE_OPEN modes: (readable, writable, create, truncate, append)
 MODES = {
@@ -142,8 +167,14 @@ class AFCConnection(DeviceConnection):
             return DATA, _key_values(media.info(path))
         if opcode == GET_DEVINFO:
             total = contents.storage.spec.data_capacity
-            return DATA, _key_values({"Model": self.device.spec.product_type, "FSTotalBytes": str(total),
-                                      "FSFreeBytes": str(contents.free_bytes()), "FSBlockSize": "4096"})
+            return DATA, _key_values(
+                {
+                    "Model": self.device.spec.product_type,
+                    "FSTotalBytes": str(total),
+                    "FSFreeBytes": str(contents.free_bytes()),
+                    "FSBlockSize": "4096",
+                }
+            )
         if opcode == MAKE_DIR:
             media.make_directories(_cstrings(payload, 1)[0])
         elif opcode == REMOVE_PATH:
@@ -167,7 +198,7 @@ class AFCConnection(DeviceConnection):
             opened = self._file(handle)
             if not opened.readable:
                 raise Refused("PERM_DENIED")
-            data = bytes(opened.node.data[opened.position:opened.position + min(size, MAX_READ)])
+            data = bytes(opened.node.data[opened.position : opened.position + min(size, MAX_READ)])
             opened.position += len(data)
             return DATA, data
         elif opcode == WRITE:

@@ -64,8 +64,14 @@ class App:
         return values
 
     def summary(self) -> dict[str, Any]:
-        return {"bundle_id": self.bundle_id, "name": self.name, "version": self.version, "build": self.build,
-                "type": self.kind, "size": self.size}
+        return {
+            "bundle_id": self.bundle_id,
+            "name": self.name,
+            "version": self.version,
+            "build": self.build,
+            "type": self.kind,
+            "size": self.size,
+        }
 
 
 # (bundle id, name, size in MB) of apps every iPad has; sizes are plausible, not measured.
@@ -119,8 +125,9 @@ def read_package(data: bytes, ios_version: str) -> App:
         raise PackageRefused("MissingBundleVersion", "The bundle's Info.plist has no CFBundleVersion.")
     executable = info.get("CFBundleExecutable")
     if not isinstance(executable, str) or f"Payload/{bundle}/{executable}" not in names:
-        raise PackageRefused("MissingBundleExecutable", f"Payload/{bundle} has no executable named by "
-                             "CFBundleExecutable.")
+        raise PackageRefused(
+            "MissingBundleExecutable", f"Payload/{bundle} has no executable named by CFBundleExecutable."
+        )
     platforms = info.get("CFBundleSupportedPlatforms", ["iPhoneOS"])
     families = info.get("UIDeviceFamily", [1])
     families = families if isinstance(families, list) else [families]
@@ -140,8 +147,11 @@ def read_package(data: bytes, ios_version: str) -> App:
         version=version if isinstance(version, str) and version else build,
         build=build,
         size=sum(entry.file_size for entry in entries if entry.filename.startswith(f"Payload/{bundle}/")),
-        info={k: v for k, v in info.items() if k not in ("CFBundleIdentifier", "CFBundleShortVersionString",
-                                                        "CFBundleVersion")},
+        info={
+            k: v
+            for k, v in info.items()
+            if k not in ("CFBundleIdentifier", "CFBundleShortVersionString", "CFBundleVersion")
+        },
     )
 
 

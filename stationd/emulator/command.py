@@ -44,11 +44,14 @@ def emulator_command(
         None, "--speed", min=0.0, help="Multiplies device delays: 1 is a real iPad's pace, 0.05 twenty times faster."
     ),
     mdm: str = typer.Option(
-        "127.0.0.1:7782", "--mdm", metavar="127.0.0.1:PORT",
+        "127.0.0.1:7782",
+        "--mdm",
+        metavar="127.0.0.1:PORT",
         help='Fake MDM: its enrollment URL is http://ADDRESS/enroll ("" to turn it off).',
     ),
     allow_remote: bool = typer.Option(
-        False, "--allow-remote",
+        False,
+        "--allow-remote",
         help="Let --tcp, --control, --activation and --mdm listen beyond loopback. They have no authentication: "
         "only on a network you trust.",
     ),

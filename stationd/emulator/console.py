@@ -41,19 +41,42 @@ class Line:
 
 # Background lines an idle iPad logs, in turn ({level} and {charging} are the battery's). Plausible, not copied.
 CHATTER = (
-    Line("SpringBoard", "[FBSystemService] Scene update for com.apple.springboard complete", pid=34,
-         image="FrontBoard", subsystem="com.apple.FrontBoard", category="Scene"),
-    Line("powerd", "Battery at {level}%, external power {charging}", pid=52, subsystem="com.apple.powerd",
-         category="battery"),
+    Line(
+        "SpringBoard",
+        "[FBSystemService] Scene update for com.apple.springboard complete",
+        pid=34,
+        image="FrontBoard",
+        subsystem="com.apple.FrontBoard",
+        category="Scene",
+    ),
+    Line(
+        "powerd",
+        "Battery at {level}%, external power {charging}",
+        pid=52,
+        subsystem="com.apple.powerd",
+        category="battery",
+    ),
     Line("locationd", "os_transaction created: CLLocationManager monitoring", level="Info", pid=71),
-    Line("wifid", "WiFi: auto-join scan requested (screen on, not associated)", pid=43,
-         subsystem="com.apple.WiFiManager", category="autojoin"),
-    Line("backboardd", "Display brightness 0.42, ambient light 118 lux", level="Info", pid=61,
-         image="BackBoardServices"),
+    Line(
+        "wifid",
+        "WiFi: auto-join scan requested (screen on, not associated)",
+        pid=43,
+        subsystem="com.apple.WiFiManager",
+        category="autojoin",
+    ),
+    Line(
+        "backboardd", "Display brightness 0.42, ambient light 118 lux", level="Info", pid=61, image="BackBoardServices"
+    ),
     Line("mDNSResponder", "mDNS_Execute: DNS cache size 24", level="Debug", pid=92),
     Line("kernel", "AppleSmartBattery: gauge update, cycle count {cycle_count}", pid=0),
-    Line("runningboardd", "Assertion acquired for process com.apple.Preferences: suspended -> running",
-         level="Info", pid=31, subsystem="com.apple.runningboard", category="assertion"),
+    Line(
+        "runningboardd",
+        "Assertion acquired for process com.apple.Preferences: suspended -> running",
+        level="Info",
+        pid=31,
+        subsystem="com.apple.runningboard",
+        category="assertion",
+    ),
 )
 
 
@@ -87,12 +110,23 @@ class Console:
         self.subscribers.discard(queue)
 
     def snapshot(self) -> dict[str, Any]:
-        return {"logged": self.logged, "recent": [f"{line.process}[{line.pid}] <{line.level}>: {line.message}"
-                                                  for line in list(self.history)[-20:]]}
+        return {
+            "logged": self.logged,
+            "recent": [
+                f"{line.process}[{line.pid}] <{line.level}>: {line.message}" for line in list(self.history)[-20:]
+            ],
+        }
 
 
 def chatter(index: int, values: dict[str, Any]) -> Line:
     """The index-th background line, filled with the iPad's current values."""
     template = CHATTER[index % len(CHATTER)]
-    return Line(template.process, template.message.format(**values), template.level, template.pid, template.image,
-                template.subsystem, template.category)
+    return Line(
+        template.process,
+        template.message.format(**values),
+        template.level,
+        template.pid,
+        template.image,
+        template.subsystem,
+        template.category,
+    )

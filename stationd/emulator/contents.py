@@ -70,8 +70,11 @@ class Contents:
     def console_values(self) -> dict[str, Any]:
         """What the console's background lines mention."""
         now = self.now()
-        return {"level": self.battery.percent(now), "charging": "yes" if self.battery.connected else "no",
-                "cycle_count": self.battery.spec.cycle_count}
+        return {
+            "level": self.battery.percent(now),
+            "charging": "yes" if self.battery.connected else "no",
+            "cycle_count": self.battery.spec.cycle_count,
+        }
 
     def snapshot(self) -> dict[str, Any]:
         return {

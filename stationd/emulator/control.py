@@ -87,16 +87,18 @@ def control_app(emulator: Emulator) -> JsonPostsOnly:
 
     async def summary(request: Request) -> Response:
         devices = list(emulator.devices.values())
-        return _JSON({
-            "usbmuxd": emulator.usbmux_address,
-            "usbmuxd_env": f"USBMUXD_SOCKET_ADDRESS={emulator.usbmux_address}",
-            "activation_url": emulator.activation_url,
-            "control_url": emulator.control_url,
-            "speed": emulator.speed,
-            "seed": emulator.seed,
-            "devices": len(devices),
-            "attached": sum(1 for d in devices if d.attached),
-        })
+        return _JSON(
+            {
+                "usbmuxd": emulator.usbmux_address,
+                "usbmuxd_env": f"USBMUXD_SOCKET_ADDRESS={emulator.usbmux_address}",
+                "activation_url": emulator.activation_url,
+                "control_url": emulator.control_url,
+                "speed": emulator.speed,
+                "seed": emulator.seed,
+                "devices": len(devices),
+                "attached": sum(1 for d in devices if d.attached),
+            }
+        )
 
     async def list_devices(request: Request) -> Response:
         return _JSON([d.snapshot() for d in emulator.devices.values()])

@@ -1,4 +1,4 @@
-"""The emulator: usbmuxd plus any number of virtual iPads, their timers (erase, reboot), and the fake activation server."""
+"""The emulator: usbmuxd plus any number of virtual iPads, their timers (erase, reboot), the fake activation server."""
 
 from __future__ import annotations
 
@@ -11,15 +11,15 @@ from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from stationd.emulator.mobileactivation import ActivationConnection
 from stationd.emulator.activation_server import ActivationAuthority, activation_app
 from stationd.emulator.afc import AFCConnection
 from stationd.emulator.control import check_loopback, control_app
-from stationd.emulator.ipad import DeviceSpec, VirtualDevice, generated_spec
 from stationd.emulator.diagnostics import DiagnosticsConnection
 from stationd.emulator.installation_proxy import InstallationProxyConnection
+from stationd.emulator.ipad import DeviceSpec, VirtualDevice, generated_spec
 from stationd.emulator.lockdownd import LOCKDOWN_PORT, LockdownConnection
 from stationd.emulator.mcinstall import MCInstallConnection
+from stationd.emulator.mobileactivation import ActivationConnection
 from stationd.emulator.syslog import OsTraceRelayConnection, SyslogRelayConnection
 from stationd.emulator.tls import device_tls_context
 from stationd.emulator.usbmuxd import UsbmuxClient, attached_message
@@ -62,8 +62,11 @@ class Emulator:
         if speed < 0:
             raise ValueError("speed must be zero or more")
         if not allow_remote:
-            for what, address in (("usbmuxd over TCP", tcp_address), ("the control API", control_address),
-                                  ("the fake activation server", activation_address)):
+            for what, address in (
+                ("usbmuxd over TCP", tcp_address),
+                ("the control API", control_address),
+                ("the fake activation server", activation_address),
+            ):
                 if address is not None:
                     check_loopback(address, what)
         self.socket_path = str(socket_path) if socket_path is not None else None

@@ -81,14 +81,16 @@ class InstallationProxyConnection(DeviceService):
         options = self._options(message)
         entries = [self._attributes(app, options) for app in self._selected(options)]
         for start in range(0, len(entries), PAGE):
-            page = entries[start:start + PAGE]
-            await self.send({
-                "CurrentAmount": len(page),
-                "CurrentIndex": start,
-                "CurrentList": page,
-                "Status": "BrowsingApplications",
-                "Total": len(entries),
-            })
+            page = entries[start : start + PAGE]
+            await self.send(
+                {
+                    "CurrentAmount": len(page),
+                    "CurrentIndex": start,
+                    "CurrentList": page,
+                    "Status": "BrowsingApplications",
+                    "Total": len(entries),
+                }
+            )
         return {"Status": "Complete"}
 
     async def do_Lookup(self, message: dict[str, Any]) -> dict[str, Any]:
@@ -107,13 +109,20 @@ class InstallationProxyConnection(DeviceService):
         except MediaError as error:
             return failure("PackageExtractionFailed", f"Failed to extract the package at {path}: {error}.")
         except PackageRefused as refused:
-            contents.console.log(Line("installd", f"Install of {path} failed: {refused.error}: {refused.description}",
-                                      level="Error", pid=INSTALLD_PID))
+            contents.console.log(
+                Line(
+                    "installd",
+                    f"Install of {path} failed: {refused.error}: {refused.description}",
+                    level="Error",
+                    pid=INSTALLD_PID,
+                )
+            )
             return refused.reply()
         await self._progress(INSTALL_STAGES[2:])
         contents.install(app)
-        contents.console.log(Line("installd", f"Installed {app.bundle_id} version {app.version} ({app.build})",
-                                  pid=INSTALLD_PID))
+        contents.console.log(
+            Line("installd", f"Installed {app.bundle_id} version {app.version} ({app.build})", pid=INSTALLD_PID)
+        )
         return {"Status": "Complete"}
 
     do_Upgrade = do_Install

@@ -60,7 +60,9 @@ class Behaviour:
     dep_fetch: str = "activation"  # activation: a DEP-assigned iPad takes its configuration when it activates;
     # request: only when asked (DownloadAndApplyCloudConfiguration)
     dep_present: str = "accept"  # a DEP fetch over a configuration it holds: accept (apply again) or error (14002)
-    dep_unassigned: str = "error"  # a DEP fetch for an unassigned serial: error (33001) or silent (acknowledge, nothing)
+    dep_unassigned: str = (
+        "error"  # a DEP fetch for an unassigned serial: error (33001) or silent (acknowledge, nothing)
+    )
     dep_source: int = 1  # ConfigurationSource of a DEP configuration: 1 or 0
     set_value: str = "apply"  # SetValue DeviceName: apply, or ignore (acknowledge and keep the old name)
 
@@ -323,11 +325,10 @@ class VirtualDevice:
         """Full internal state for the control API (JSON-safe)."""
         cloud = None
         if self.cloud_configuration is not None:
-            cloud = {
-                k: v for k, v in self.cloud_configuration.items() if k != "SupervisorHostCertificates"
-            } | {
+            cloud = {k: v for k, v in self.cloud_configuration.items() if k != "SupervisorHostCertificates"} | {
                 "SupervisorHostCertificates": [
-                    hashlib.sha256(c).hexdigest() for c in self.cloud_configuration.get("SupervisorHostCertificates", [])
+                    hashlib.sha256(c).hexdigest()
+                    for c in self.cloud_configuration.get("SupervisorHostCertificates", [])
                 ]
             }
         spec = asdict(self.spec)
@@ -335,7 +336,8 @@ class VirtualDevice:
         spec["supervisor_certificates"] = [hashlib.sha256(c).hexdigest() for c in self.spec.supervisor_certificates]
         if spec.get("dep"):
             spec["dep"]["supervisor_certificates"] = [
-                hashlib.sha256(c).hexdigest() for c in self.spec.dep.supervisor_certificates  # type: ignore[union-attr]
+                hashlib.sha256(c).hexdigest()
+                for c in self.spec.dep.supervisor_certificates  # type: ignore[union-attr]
             ]
         return {
             "udid": self.udid,

@@ -113,7 +113,9 @@ class LockdownConnection(DeviceService):
             if self.challenge is None:
                 return {"Error": "InvalidPairRecord"}
             try:
-                verify_signed_challenge(options["ChallengeResponse"], self.challenge, [self.challenge_certificate or b""])
+                verify_signed_challenge(
+                    options["ChallengeResponse"], self.challenge, [self.challenge_certificate or b""]
+                )
             except SignatureInvalid:
                 return {"Error": "UserDeniedPairing"}
             finally:
@@ -140,7 +142,9 @@ class LockdownConnection(DeviceService):
             x509.load_pem_x509_certificate(bytes(record["HostCertificate"]))
         except (KeyError, ValueError, TypeError):
             return {"Error": "InvalidPairRecord"}
-        kept: dict[str, Any] = {k: record[k] for k in ("HostID", "DeviceCertificate", "HostCertificate", "RootCertificate") if k in record}
+        kept: dict[str, Any] = {
+            k: record[k] for k in ("HostID", "DeviceCertificate", "HostCertificate", "RootCertificate") if k in record
+        }
         self.device.paired_hosts[str(record["HostID"])] = kept
         return {"EscrowBag": os.urandom(32)}
 

@@ -49,17 +49,23 @@ def parse_profile(data: Any) -> tuple[dict[str, Any] | None, dict[str, Any] | No
     try:
         profile = plistlib.loads(bytes(data))
     except Exception:
-        return None, error(PROFILE_MALFORMED, "MCProfileErrorDomain", "The profile cannot be read: it is not a property list.")
+        return None, error(
+            PROFILE_MALFORMED, "MCProfileErrorDomain", "The profile cannot be read: it is not a property list."
+        )
     if not isinstance(profile, dict):
         return None, error(PROFILE_MALFORMED, "MCProfileErrorDomain", "The profile is not a dictionary.")
     for field in ("PayloadType", "PayloadUUID", "PayloadIdentifier"):
         if not isinstance(profile.get(field), str) or not profile.get(field):
-            return None, error(PROFILE_MISSING_FIELD, "MCProfileErrorDomain", f"The profile is missing the field {field}.")
+            return None, error(
+                PROFILE_MISSING_FIELD, "MCProfileErrorDomain", f"The profile is missing the field {field}."
+            )
     if profile["PayloadType"] != "Configuration":
         return None, error(PROFILE_MALFORMED, "MCProfileErrorDomain", "The profile's PayloadType is not Configuration.")
     content = profile.get("PayloadContent", [])
     if not isinstance(content, list) or not all(isinstance(p, dict) and p.get("PayloadType") for p in content):
-        return None, error(PROFILE_MALFORMED, "MCProfileErrorDomain", "The profile's PayloadContent is not a list of payloads.")
+        return None, error(
+            PROFILE_MALFORMED, "MCProfileErrorDomain", "The profile's PayloadContent is not a list of payloads."
+        )
     return profile, None
 
 
@@ -103,7 +109,9 @@ class MCInstallConnection(DeviceService):
         if not self.device.supervised:
             return error(NOT_SUPERVISED, "MCInstallationErrorDomain", "The device is not supervised.")
         if certificate is None or bytes(certificate) not in self.device.supervisor_certificates():
-            return error(NOT_SUPERVISED, "MCInstallationErrorDomain", "The certificate is not a supervisor of this device.")
+            return error(
+                NOT_SUPERVISED, "MCInstallationErrorDomain", "The certificate is not a supervisor of this device."
+            )
         self.challenge = os.urandom(8)
         self.challenge_certificate = bytes(certificate)
         return self.ok(Challenge=self.challenge)
@@ -112,9 +120,13 @@ class MCInstallConnection(DeviceService):
         if self.challenge is None:
             return error(BAD_CHALLENGE_RESPONSE, "MCInstallationErrorDomain", "No escalation challenge is pending.")
         try:
-            verify_signed_challenge(message.get("SignedRequest", b""), self.challenge, [self.challenge_certificate or b""])
+            verify_signed_challenge(
+                message.get("SignedRequest", b""), self.challenge, [self.challenge_certificate or b""]
+            )
         except SignatureInvalid as e:
-            return error(BAD_CHALLENGE_RESPONSE, "MCInstallationErrorDomain", f"The challenge response is invalid: {e}.")
+            return error(
+                BAD_CHALLENGE_RESPONSE, "MCInstallationErrorDomain", f"The challenge response is invalid: {e}."
+            )
         finally:
             self.challenge = None
         self.escalated = True
@@ -135,7 +147,9 @@ class MCInstallConnection(DeviceService):
                 "PayloadUUID": profile["PayloadUUID"],
                 "PayloadVersion": profile.get("PayloadVersion", 1),
             }
-        return self.ok(OrderedIdentifiers=list(self.device.profiles), ProfileManifest=manifest, ProfileMetadata=metadata)
+        return self.ok(
+            OrderedIdentifiers=list(self.device.profiles), ProfileManifest=manifest, ProfileMetadata=metadata
+        )
 
     async def do_InstallProfile(self, message: dict[str, Any]) -> dict[str, Any]:
         profile, failure = parse_profile(message.get("Payload"))
@@ -149,7 +163,9 @@ class MCInstallConnection(DeviceService):
 
     async def do_InstallProfileSilent(self, message: dict[str, Any]) -> dict[str, Any]:
         if not self.escalated:
-            return error(NOT_ESCALATED, "MCInstallationErrorDomain", "Silent installation needs a supervisor escalation first.")
+            return error(
+                NOT_ESCALATED, "MCInstallationErrorDomain", "Silent installation needs a supervisor escalation first."
+            )
         profile, failure = parse_profile(message.get("Payload"))
         if failure:
             return failure
@@ -173,7 +189,9 @@ class MCInstallConnection(DeviceService):
         if message.get("Purpose") != "PostSetupInstallation":
             return error(INVALID_REQUEST, "MCInstallationErrorDomain", "Unknown profile purpose.")
         if not any(p.get("PayloadType") == "com.apple.mdm" for p in profile["PayloadContent"]):  # type: ignore[index]
-            return error(MDM_PAYLOAD_MISSING, "MCInstallationErrorDomain", "The profile does not contain an MDM payload.")
+            return error(
+                MDM_PAYLOAD_MISSING, "MCInstallationErrorDomain", "The profile does not contain an MDM payload."
+            )
         self.device.stored_profile = bytes(message["ProfileData"])
         return self.ok()
 
@@ -222,7 +240,10 @@ class MCInstallConnection(DeviceService):
                 "MCCloudConfigErrorDomain",
                 "The configuration for your iPad is not available.",
             )
-        if self.device.cloud_configuration and self.device.cloud_configuration.get("OrganizationName") != dep.organization:
+        if (
+            self.device.cloud_configuration
+            and self.device.cloud_configuration.get("OrganizationName") != dep.organization
+        ):
             return error(
                 CLOUD_CONFIGURATION_ALREADY_PRESENT,
                 "MCCloudConfigErrorDomain",

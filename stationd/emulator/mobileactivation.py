@@ -90,7 +90,11 @@ async def apply_activation_record(emulator: Emulator, device: VirtualDevice, raw
     await emulator.pause(device.spec.latency.activation)
     device.activation_state = "Activated"
     device.activation_count += 1
-    if device.spec.dep is not None and not device.cloud_configuration and device.spec.behaviour.dep_fetch == "activation":
+    if (
+        device.spec.dep is not None
+        and not device.cloud_configuration
+        and device.spec.behaviour.dep_fetch == "activation"
+    ):
         # Apple tells an activating device that it belongs to an MDM (inferred from Setup Assistant's behaviour; the
         # other plausible reading, "only when asked", is behaviour.dep_fetch = "request").
         device.cloud_configuration = dep_cloud_configuration(device.spec.dep, device.spec.behaviour.dep_source)

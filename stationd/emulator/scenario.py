@@ -18,8 +18,16 @@ from stationd.emulator.scenario_keys import CONVERTERS, ScenarioError, check, co
 from stationd.emulator.storage import GB
 
 __all__ = [
-    "CONVERTERS", "DEFAULT_SEED", "Scenario", "ScenarioError", "build_spec", "check_unique", "convert_fields",
-    "generated_scenario", "load_scenario", "parse_scenario",
+    "CONVERTERS",
+    "DEFAULT_SEED",
+    "Scenario",
+    "ScenarioError",
+    "build_spec",
+    "check_unique",
+    "convert_fields",
+    "generated_scenario",
+    "load_scenario",
+    "parse_scenario",
 ]
 
 DEFAULT_SEED = "stationd"
@@ -54,7 +62,9 @@ def build_spec(raw: dict[str, Any], index: int, seed: str = DEFAULT_SEED, base: 
     if storage is not None and storage.free_gb is not None and storage.free_gb * GB + app_bytes > storage.fresh_free:
         raise ScenarioError(
             f"leaves no room for the apps listed ({app_bytes / GB:g} GB): at most "
-            f"{(storage.fresh_free - app_bytes) / GB:g} GB can be free", "storage.free_gb")
+            f"{(storage.fresh_free - app_bytes) / GB:g} GB can be free",
+            "storage.free_gb",
+        )
     spec = generated_spec(index, seed, **values)
     if "ecid" in values and "udid" not in values:
         spec.udid = f"{spec.chip_id:08X}-{spec.ecid:016X}"
@@ -72,9 +82,7 @@ def _ecid_from_udid(udid: str, fallback: int) -> int:
         return fallback
 
 
-def check_unique(
-    specs: list[DeviceSpec], existing: Iterable[DeviceSpec] = (), tables: list[int] | None = None
-) -> None:
+def check_unique(specs: list[DeviceSpec], existing: Iterable[DeviceSpec] = (), tables: list[int] | None = None) -> None:
     """Serial, UDID and ECID identify a device: refuse two devices sharing one.
 
     `tables[i]` is the index of the [[device]] table that made `specs[i]`, for the error message.

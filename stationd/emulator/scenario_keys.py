@@ -182,8 +182,11 @@ def _apps(value: Any, key: str, base: Path | None) -> list[App]:
     apps: list[App] = []
     for i, item in enumerate(_list(value, key)):
         where = f"{key}[{i}]"
-        table = {"bundle_id": item} if isinstance(item, str) else _table(
-            item, where, ("bundle_id", "name", "version", "build", "size_mb"))
+        table = (
+            {"bundle_id": item}
+            if isinstance(item, str)
+            else _table(item, where, ("bundle_id", "name", "version", "build", "size_mb"))
+        )
         if "bundle_id" not in table:
             raise ScenarioError('is missing; name the app, e.g. "org.example.reader"', f"{where}.bundle_id")
         bundle_id = _string(table["bundle_id"], f"{where}.bundle_id")
@@ -194,13 +197,15 @@ def _apps(value: Any, key: str, base: Path | None) -> list[App]:
         if any(app.bundle_id == bundle_id for app in apps):
             raise ScenarioError(f"lists {bundle_id} twice", where)
         version = _string(table.get("version", "1.0"), f"{where}.version")
-        apps.append(App(
-            bundle_id,
-            _string(table.get("name", bundle_id.rsplit(".", 1)[-1]), f"{where}.name"),
-            version=version,
-            build=_string(table.get("build", version), f"{where}.build"),
-            size=int(_number(table.get("size_mb", 50), f"{where}.size_mb", 0.001, 4000, "a size in MB") * MB),
-        ))
+        apps.append(
+            App(
+                bundle_id,
+                _string(table.get("name", bundle_id.rsplit(".", 1)[-1]), f"{where}.name"),
+                version=version,
+                build=_string(table.get("build", version), f"{where}.build"),
+                size=int(_number(table.get("size_mb", 50), f"{where}.size_mb", 0.001, 4000, "a size in MB") * MB),
+            )
+        )
     return apps
 
 
@@ -234,8 +239,9 @@ def _syslog(value: Any, key: str, base: Path | None) -> list[Line]:
     lines = []
     for i, item in enumerate(_list(value, key)):
         where = f"{key}[{i}]"
-        table = {"message": item} if isinstance(item, str) else _table(
-            item, where, ("process", "message", "level", "pid"))
+        table = (
+            {"message": item} if isinstance(item, str) else _table(item, where, ("process", "message", "level", "pid"))
+        )
         if "message" not in table:
             raise ScenarioError("is missing; give the text the iPad logs", f"{where}.message")
         message = _string(table["message"], f"{where}.message")

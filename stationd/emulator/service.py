@@ -21,7 +21,9 @@ class DeviceConnection:
 
     channel = "service"  # name in the device's request log
 
-    def __init__(self, emulator: Emulator, device: VirtualDevice, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+    def __init__(
+        self, emulator: Emulator, device: VirtualDevice, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ):
         self.emulator = emulator
         self.device = device
         self.reader = reader

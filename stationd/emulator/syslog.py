@@ -66,7 +66,7 @@ class ConsoleStream(DeviceConnection):
             interval = max(CHATTER_INTERVAL * self.emulator.speed, MIN_INTERVAL)
             try:
                 line = await asyncio.wait_for(queue.get(), interval)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 line = chatter(index, self.device.contents.console_values())
                 index += 1
             if self.pid is not None and line.pid != self.pid:
@@ -125,14 +125,35 @@ def trace_entry(line: Line) -> bytes:
     """One os_trace_relay log entry for `line`."""
     seconds = int(line.at)
     filename = f"/usr/libexec/{line.process}".encode() + b"\x00"
-    image = (f"/System/Library/PrivateFrameworks/{line.image}.framework/{line.image}" if line.image else
-             f"/usr/libexec/{line.process}").encode() + b"\x00"
+    image = (
+        f"/System/Library/PrivateFrameworks/{line.image}.framework/{line.image}"
+        if line.image
+        else f"/usr/libexec/{line.process}"
+    ).encode() + b"\x00"
     message = line.message.encode() + b"\x00"
     subsystem = (line.subsystem or "").encode() + b"\x00" if line.subsystem and line.category else b""
     category = (line.category or "").encode() + b"\x00" if line.subsystem and line.category else b""
     header = TRACE_HEADER.pack(
-        bytes(9), line.pid, line.pid, IMAGE_UUID, bytes(18), seconds, 0, int((line.at - seconds) * 1_000_000), 0,
-        TRACE_LEVELS.get(line.level, 0), bytes(6), int(line.at * 24_000_000), 1000 + line.pid, IMAGE_UUID,
-        len(image), len(message), 0, 0x1F00, len(subsystem), len(category), 0,
+        bytes(9),
+        line.pid,
+        line.pid,
+        IMAGE_UUID,
+        bytes(18),
+        seconds,
+        0,
+        int((line.at - seconds) * 1_000_000),
+        0,
+        TRACE_LEVELS.get(line.level, 0),
+        bytes(6),
+        int(line.at * 24_000_000),
+        1000 + line.pid,
+        IMAGE_UUID,
+        len(image),
+        len(message),
+        0,
+        0x1F00,
+        len(subsystem),
+        len(category),
+        0,
     )
     return header + filename + image + message + subsystem + category

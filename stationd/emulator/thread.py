@@ -9,8 +9,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from stationd.emulator.ipad import DeviceSpec
 from stationd.emulator.emulator import Emulator
+from stationd.emulator.ipad import DeviceSpec
 
 T = TypeVar("T")
 

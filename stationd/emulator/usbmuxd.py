@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 from stationd.usbmux import packet
 
 if TYPE_CHECKING:
-    from stationd.emulator.ipad import VirtualDevice
     from stationd.emulator.emulator import Emulator
+    from stationd.emulator.ipad import VirtualDevice
 
 RESULT_OK = 0
 RESULT_BADCOMMAND = 1

@@ -9,8 +9,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from stationd.errors import RESTART_JOB_CODES
-from stationd.redact import redact
 from stationd.export import row as report_row
+from stationd.redact import redact
 from stationd.states import DeviceState, JobStatus
 from stationd.store import DeviceRecord, EventRecord, JobRecord, Store, Transition
 
@@ -49,7 +49,11 @@ class JobLog:
     async def identified(self, udid: str, facts: dict[str, Any], location_id: int | None, label: str | None) -> None:
         """What the iPad said about itself; its "device.identified" event carries no secret."""
         device = await self.store.upsert_device(
-            udid, serial=facts.get("serial"), ecid=facts.get("ecid"), facts=facts, location_id=location_id,
+            udid,
+            serial=facts.get("serial"),
+            ecid=facts.get("ecid"),
+            facts=facts,
+            location_id=location_id,
             port_label=label,
         )
         event = await self.store.add_event("device.identified", station_id=self.station_id, udid=udid)
@@ -64,7 +68,11 @@ class JobLog:
             return None
         if latest is not None and latest.status == JobStatus.FAILED and latest.error_code not in RESTART_JOB_CODES:
             return await self.transition(
-                udid, latest, "job.retried", state=DeviceState.WAITING, job_status=JobStatus.RUNNING,
+                udid,
+                latest,
+                "job.retried",
+                state=DeviceState.WAITING,
+                job_status=JobStatus.RUNNING,
                 data={"reason": "replugged"},
             )
         return await self.open_job(udid)
@@ -78,11 +86,19 @@ class JobLog:
         """The job is done: `device.done`, then the iPad's report row as `device.reported` (reporters read it
         from the trail, like every subscriber)."""
         made = await self.store.record_transition(
-            udid=udid, job_id=job.id, station_id=self.station_id, kind="device.done", state=DeviceState.DONE,
-            step="report", job_status=JobStatus.DONE,
+            udid=udid,
+            job_id=job.id,
+            station_id=self.station_id,
+            kind="device.done",
+            state=DeviceState.DONE,
+            step="report",
+            job_status=JobStatus.DONE,
         )
         reported = await self.store.add_event(
-            "device.reported", station_id=self.station_id, udid=udid, job_id=job.id,
+            "device.reported",
+            station_id=self.station_id,
+            udid=udid,
+            job_id=job.id,
             data={"device": report_row(made.device, made.job)},
         )
         await self.on_record(made.device, made.job, [made.event, reported])
@@ -98,8 +114,13 @@ class JobLog:
         if job.status != JobStatus.RUNNING:
             return
         await self.transition(
-            udid, job, "step.interrupted", state=DeviceState.INTERRUPTED, step=step,
-            job_status=JobStatus.INTERRUPTED, data={"reason": reason},
+            udid,
+            job,
+            "step.interrupted",
+            state=DeviceState.INTERRUPTED,
+            step=step,
+            job_status=JobStatus.INTERRUPTED,
+            data={"reason": reason},
         )
 
     async def number(self, udid: str, job: JobRecord, step: str, counter: str) -> tuple[int, JobRecord]:
@@ -110,7 +131,12 @@ class JobLog:
             return saved, job
         value = await self.store.allocate_counter(counter)
         job = await self.transition(
-            udid, job, "job.numbered", state=step, step=step, step_data={"numbers": {counter: value}},
+            udid,
+            job,
+            "job.numbered",
+            state=step,
+            step=step,
+            step_data={"numbers": {counter: value}},
             data={"counter": counter, "value": value},
         )
         return value, job

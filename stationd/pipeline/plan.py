@@ -18,7 +18,7 @@ def plan(config: Config) -> list[str]:
     mode = config.enrollment.mode
     if mode == "dep" and config.wifi is None:
         raise ConfigurationError(
-            "enrollment.mode = \"dep\" needs a [wifi] section: the iPad must reach Apple to fetch its configuration."
+            'enrollment.mode = "dep" needs a [wifi] section: the iPad must reach Apple to fetch its configuration.'
         )
     steps = ["identify"]
     if config.steps.erase:

@@ -152,11 +152,13 @@ async def fetch_enrollment_profile(http: httpx.AsyncClient, url: str) -> bytes:
     except outbound.OutboundError as e:
         raise EnrollmentInvalid(f"The enrollment URL cannot be used: {e}. Check enrollment.url.") from e
     if response.status_code >= 500:
-        raise EnrollmentUnavailable(f"The enrollment URL {shown} answered {response.status_code}: the MDM is having trouble.")
+        raise EnrollmentUnavailable(
+            f"The enrollment URL {shown} answered {response.status_code}: the MDM is having trouble."
+        )
     if response.status_code != 200:
         raise EnrollmentInvalid(
             f"The enrollment URL answered {response.status_code}: check enrollment.url against the MDM's "
-            "\"Apple Configurator enrollment URL\"."
+            '"Apple Configurator enrollment URL".'
         )
     try:
         profile = validate_profile(response.content, shown)

@@ -27,7 +27,11 @@ def _normal(name: Any) -> str:
 
 def _same_url(a: str, b: str) -> bool:
     one, two = urlsplit(a), urlsplit(b)
-    return (one.scheme, one.netloc.lower(), one.path.rstrip("/")) == (two.scheme, two.netloc.lower(), two.path.rstrip("/"))
+    return (one.scheme, one.netloc.lower(), one.path.rstrip("/")) == (
+        two.scheme,
+        two.netloc.lower(),
+        two.path.rstrip("/"),
+    )
 
 
 def is_ours(configuration: dict[str, Any], organization: str, dep_url: str | None = None) -> bool:
@@ -52,7 +56,12 @@ def assigned_elsewhere(configuration: dict[str, Any], serial: str) -> errors.Dep
 
 
 def judge_supervision(
-    configuration: dict[str, Any], *, organization: str, certificate_der: bytes, serial: str, erased: bool,
+    configuration: dict[str, Any],
+    *,
+    organization: str,
+    certificate_der: bytes,
+    serial: str,
+    erased: bool,
     dep_url: str | None = None,
 ) -> None:
     """URL mode, after `supervise`: raise unless the iPad is supervised by us with our certificate.
@@ -88,7 +97,11 @@ def judge_supervision(
 
 
 def judge_dep(
-    configuration: dict[str, Any], *, organization: str, certificate_der: bytes | None, serial: str,
+    configuration: dict[str, Any],
+    *,
+    organization: str,
+    certificate_der: bytes | None,
+    serial: str,
     dep_url: str | None = None,
 ) -> None:
     """DEP mode, after asking the iPad to fetch its configuration: raise unless it holds ours.

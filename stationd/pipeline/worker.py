@@ -201,8 +201,13 @@ class DeviceWorker:
                 return await self._steps(job)
             except Held as held:
                 await self.jobs.transition(
-                    self.udid, await self.jobs.current(job), "step.held", state=DeviceState.HELD,
-                    step=self.running_step, error_code=held.code, error_message=str(held),
+                    self.udid,
+                    await self.jobs.current(job),
+                    "step.held",
+                    state=DeviceState.HELD,
+                    step=self.running_step,
+                    error_code=held.code,
+                    error_message=str(held),
                 )
                 self.log.info("step.held", step=self.running_step, reason=held.code)
                 self.recheck = held.recheck
@@ -262,7 +267,12 @@ class DeviceWorker:
             with _timeout("identify", pipeline.timing.step_timeout("identify")):
                 if await erase_proven(pipeline.sessions, self.udid, job, self.device_id):
                     job = await jobs.transition(
-                        self.udid, job, "step.finished", state="erase", step="erase", completed_step="erase",
+                        self.udid,
+                        job,
+                        "step.finished",
+                        state="erase",
+                        step="erase",
+                        completed_step="erase",
                         step_data={"erase": {"confirmed": True, "proof": "pairing forgotten"}},
                     )
                 session = await stack.enter_async_context(pipeline.sessions.open(self.udid, self.device_id))

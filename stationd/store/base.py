@@ -148,7 +148,5 @@ class Store(ABC):
         """The id of the newest event, 0 when there is none: where a new reader of the trail starts."""
 
     @abstractmethod
-    async def list_events(
-        self, *, after_id: int = 0, udid: str | None = None, limit: int = 1000
-    ) -> list[EventRecord]:
+    async def list_events(self, *, after_id: int = 0, udid: str | None = None, limit: int = 1000) -> list[EventRecord]:
         """Events with id greater than after_id (optionally of one device), ascending by id."""

@@ -186,9 +186,7 @@ class SQLiteStore(Store):
                     columns["facts"] = _dumps({**device.facts, **facts})
                 columns["updated_at"] = now
                 assignments = ", ".join(f"{column} = ?" for column in columns)
-                await db.execute(
-                    f"UPDATE devices SET {assignments} WHERE udid = ?", (*columns.values(), udid)
-                )
+                await db.execute(f"UPDATE devices SET {assignments} WHERE udid = ?", (*columns.values(), udid))
             return await _require_device(db, udid)
 
         return await self._atomic(body)
@@ -199,9 +197,7 @@ class SQLiteStore(Store):
     async def find_device(
         self, *, udid: str | None = None, serial: str | None = None, ecid: int | None = None
     ) -> DeviceRecord | None:
-        identities = [
-            (c, v) for c, v in (("udid", udid), ("serial", serial), ("ecid", ecid)) if v is not None
-        ]
+        identities = [(c, v) for c, v in (("udid", udid), ("serial", serial), ("ecid", ecid)) if v is not None]
         if not identities:
             raise ValueError("find_device needs a udid, a serial or an ecid")
 
@@ -248,9 +244,7 @@ class SQLiteStore(Store):
     async def open_job(self, udid: str, station_id: str) -> JobRecord:
         async def body(db: aiosqlite.Connection) -> JobRecord:
             await _require_device(db, udid)
-            row = await _one(
-                db, "SELECT * FROM jobs WHERE udid = ? AND status IN (?, ?)", (udid, *UNFINISHED_STATUSES)
-            )
+            row = await _one(db, "SELECT * FROM jobs WHERE udid = ? AND status IN (?, ?)", (udid, *UNFINISHED_STATUSES))
             if row is None:
                 cursor = await db.execute(
                     "INSERT INTO jobs (udid, station_id, status, started_at) VALUES (?, ?, ?, ?)",
@@ -418,18 +412,14 @@ class SQLiteStore(Store):
 
         return await self._atomic(body, write=False)
 
-    async def list_events(
-        self, *, after_id: int = 0, udid: str | None = None, limit: int = 1000
-    ) -> list[EventRecord]:
+    async def list_events(self, *, after_id: int = 0, udid: str | None = None, limit: int = 1000) -> list[EventRecord]:
         where, params = "WHERE id > ?", list[Any]([after_id])
         if udid is not None:
             where += " AND udid = ?"
             params.append(udid)
 
         async def body(db: aiosqlite.Connection) -> list[EventRecord]:
-            rows = await db.execute_fetchall(
-                f"SELECT * FROM events {where} ORDER BY id LIMIT ?", (*params, limit)
-            )
+            rows = await db.execute_fetchall(f"SELECT * FROM events {where} ORDER BY id LIMIT ?", (*params, limit))
             return [_event_record(row) for row in rows]
 
         return await self._atomic(body, write=False)
@@ -469,8 +459,7 @@ class SQLiteStore(Store):
     async def _migrate_one_step(self, db: aiosqlite.Connection) -> bool:
         """Apply the next pending migration; False when the schema is current."""
         await db.execute(
-            "CREATE TABLE IF NOT EXISTS schema_version"
-            " (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
+            "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
         )
         row = await _only(db, "SELECT COALESCE(MAX(version), 0) AS version FROM schema_version")
         version, latest = row["version"], len(MIGRATIONS)
@@ -483,9 +472,7 @@ class SQLiteStore(Store):
             return False
         for statement in MIGRATIONS[version]:
             await db.execute(statement)
-        await db.execute(
-            "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)", (version + 1, self._clock())
-        )
+        await db.execute("INSERT INTO schema_version (version, applied_at) VALUES (?, ?)", (version + 1, self._clock()))
         return True
 
     async def _select_jobs(self, where: str, params: Iterable[Any]) -> list[JobRecord]:

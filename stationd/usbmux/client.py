@@ -64,8 +64,9 @@ class UsbmuxConnection:
         if reply_tag != tag:
             raise UsbmuxError(f"expected the reply with tag {tag}, got {reply.get('MessageType')!r} tag {reply_tag}")
         if reply.get("MessageType") == "Result" and reply.get("Number") != 0:
-            raise UsbmuxError(f"{message['MessageType']} refused with result {reply.get('Number')!r}",
-                              reply.get("Number"))
+            raise UsbmuxError(
+                f"{message['MessageType']} refused with result {reply.get('Number')!r}", reply.get("Number")
+            )
         return reply
 
     async def listen(self) -> None:
