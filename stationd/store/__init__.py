@@ -6,18 +6,26 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from stationd.store.base import Store, StoreError
+from stationd.store.base import Outbox, Store, StoreError
+from stationd.store.outbox import Assignment, Delivery, DeliveryStatus, Outcome, Settlement, delivery_key
 from stationd.store.records import DeviceRecord, EventRecord, JobRecord, Transition
 from stationd.store.sqlite import SQLiteStore
 
 __all__ = [
+    "Assignment",
+    "Delivery",
+    "DeliveryStatus",
     "DeviceRecord",
     "EventRecord",
     "JobRecord",
+    "Outbox",
+    "Outcome",
     "SQLiteStore",
+    "Settlement",
     "Store",
     "StoreError",
     "Transition",
+    "delivery_key",
     "open_store",
 ]
 

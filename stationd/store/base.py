@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
 from types import TracebackType
+from typing import Any
 
+from stationd.store.outbox import Assignment, Delivery, Settlement
 from stationd.store.records import DeviceRecord, EventRecord, JobRecord, Transition
 
 
@@ -23,7 +26,82 @@ def deep_merge(base: dict, update: dict) -> dict:
     return merged
 
 
-class Store(ABC):
+class Outbox(ABC):
+    """The outbox: deliveries of finished iPads to reporters, and the budgets reporters share (one group of
+    methods, each one atomic transaction). On a store shared by a fleet, claims and budgets are fleet-wide."""
+
+    @abstractmethod
+    async def queue_reports(
+        self, events: Sequence[EventRecord], reporters: Sequence[str], *, reader: str, read_to: int, station_id: str
+    ) -> tuple[list[Delivery], list[EventRecord]]:
+        """One pending delivery per `device.reported` event in `events` and reporter, keyed device × reporter × job
+        (a key already queued adds nothing), each with a "report.queued" event; and `reader`'s place in the trail
+        moves to `read_to`. Returns the new deliveries and their events."""
+
+    @abstractmethod
+    async def report_cursor(self, reader: str) -> int:
+        """The id of the last event `reader` queued reports from (0 at first)."""
+
+    @abstractmethod
+    async def claim_deliveries(
+        self, reporter: str, *, claimer: str, limit: int, lease: float, window: float = 0.0
+    ) -> list[Delivery]:
+        """Claim up to `limit` due, unclaimed (or lease-expired) pending deliveries of `reporter`, oldest first, for
+        `lease` seconds. With a `window`, nothing is claimed until the oldest has waited that long or `limit` are
+        due: a batch gathers. Two claimers never hold the same delivery."""
+
+    @abstractmethod
+    async def release_deliveries(self, claimer: str) -> int:
+        """Drop every claim `claimer` holds (a station restarting after a crash); how many."""
+
+    @abstractmethod
+    async def note_deliveries(self, keys: Iterable[str], progress: dict[str, Any]) -> None:
+        """Merge `progress` into each delivery's write-ahead notes (kept across restarts)."""
+
+    @abstractmethod
+    async def settle_deliveries(
+        self, settlements: Sequence[Settlement], *, station_id: str
+    ) -> tuple[list[Delivery], list[EventRecord]]:
+        """End a try of each delivery (done, failed, retry or defer), release its claim, and append its event
+        ("report.done", "report.failed", "report.retrying"; a deferral has none). Returns them as they are after."""
+
+    @abstractmethod
+    async def requeue_deliveries(
+        self, *, station_id: str, reporter: str | None = None, udid: str | None = None
+    ) -> tuple[list[Delivery], list[EventRecord]]:
+        """Make failed deliveries (of one reporter, one device, or all) pending and due now, tries reset."""
+
+    @abstractmethod
+    async def list_deliveries(
+        self, *, udid: str | None = None, reporter: str | None = None, status: str | None = None
+    ) -> list[Delivery]:
+        """Deliveries, oldest first."""
+
+    @abstractmethod
+    async def next_delivery_at(self, reporter: str, *, window: float = 0.0) -> float | None:
+        """When a delivery of `reporter` may next be claimed (its due time, window or lease end), or None."""
+
+    @abstractmethod
+    async def take_budget(self, name: str, *, limit: int, period: float) -> float:
+        """Spend one of `limit` calls per `period` seconds of budget `name`: 0.0 when spent, else the seconds until
+        one is free (or until a hold ends), with nothing spent."""
+
+    @abstractmethod
+    async def hold_budget(self, name: str, until: float) -> None:
+        """Spend nothing from budget `name` before `until` (a server answered 429 with Retry-After)."""
+
+    @abstractmethod
+    async def record_assignments(self, assignments: Iterable[Assignment]) -> None:
+        """Keep where each serial was last found (or asked to be) in Apple School/Business Manager."""
+
+    @abstractmethod
+    async def get_assignments(
+        self, serials: Iterable[str] | None = None, *, status: str | None = None
+    ) -> dict[str, Assignment]:
+        """The kept assignments (of these serials, or with this status), by serial."""
+
+
+class Store(Outbox):
     """Persistent devices, jobs and events; every method is one atomic transaction."""
 
     async def __aenter__(self) -> Store:

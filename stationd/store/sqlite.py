@@ -27,6 +27,8 @@ from stationd.store.records import (
     JobRecord,
     Transition,
 )
+from stationd.store.sqlite_outbox import MIGRATION as OUTBOX_MIGRATION
+from stationd.store.sqlite_outbox import SQLiteOutbox
 
 T = TypeVar("T")
 Body = Callable[[aiosqlite.Connection], Awaitable[T]]
@@ -94,10 +96,11 @@ MIGRATIONS: list[tuple[str, ...]] = [
         "CREATE INDEX events_udid ON events (udid, id)",
     ),
     ("CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",),
+    OUTBOX_MIGRATION,
 ]
 
 
-class SQLiteStore(Store):
+class SQLiteStore(SQLiteOutbox, Store):
     """Store in one SQLite file (WAL), safe for many device tasks sharing one instance."""
 
     def __init__(self, path: str | Path, *, clock: Callable[[], float] = time.time) -> None:
