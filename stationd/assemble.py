@@ -17,6 +17,7 @@ from stationd.config import Config
 from stationd.events import EventBus
 from stationd.identity import Identity
 from stationd.plugins import PluginHost
+from stationd.reporting.courier import Courier
 from stationd.station import Station
 from stationd.store import open_store
 
@@ -49,6 +50,8 @@ async def assemble(
             async with anyio.create_task_group() as subscribers:
                 if host is not None:
                     await subscribers.start(host.run, station.bus)
+                    if reporters := host.reporters():
+                        await subscribers.start(Courier(station, reporters).run)
                 async with serve_api(station) as url:
                     async with anyio.create_task_group() as running:
                         await running.start(station.run)

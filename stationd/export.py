@@ -8,7 +8,7 @@ import io
 import json
 from typing import Any
 
-from stationd.store import DeviceRecord, JobRecord, Store
+from stationd.store import Delivery, DeviceRecord, JobRecord, Store
 
 FIELDS = (
     "serial",
@@ -29,6 +29,7 @@ FIELDS = (
     "first_seen",
     "updated_at",
     "finished_at",
+    "reports",
 )
 
 
@@ -66,21 +67,52 @@ def row(device: DeviceRecord, job: JobRecord | None) -> dict[str, Any]:
     }
 
 
+def reports(deliveries: list[Delivery], job: JobRecord | None) -> dict[str, dict[str, Any]]:
+    """The device's status with each reporter, for its latest job: {"asm": {"status": "done", "message": ...}}."""
+    if job is None:
+        return {}
+    return {d.reporter: {"status": d.status, "message": d.message} for d in deliveries if d.job_id == job.id}
+
+
 async def device_row(store: Store, udid: str) -> dict[str, Any] | None:
-    """One device's row, or None if the station does not know it."""
+    """One device's row with its report statuses, or None if the station does not know it."""
     device = await store.get_device(udid)
     if device is None:
         return None
     jobs = await store.jobs_for(udid)
-    return row(device, jobs[-1] if jobs else None)
+    job = jobs[-1] if jobs else None
+    return {**row(device, job), "reports": reports(await store.list_deliveries(udid=udid), job)}
 
 
 async def device_rows(store: Store) -> list[dict[str, Any]]:
+    """Every device's row, with its report statuses."""
+    by_device: dict[str, list[Delivery]] = {}
+    for delivery in await store.list_deliveries():
+        by_device.setdefault(delivery.udid, []).append(delivery)
     rows = []
     for device in await store.list_devices():
         jobs = await store.jobs_for(device.udid)
-        rows.append(row(device, jobs[-1] if jobs else None))
+        job = jobs[-1] if jobs else None
+        rows.append({**row(device, job), "reports": reports(by_device.get(device.udid, []), job)})
     return rows
+
+
+def reports_text(value: Any) -> str:
+    """The report statuses in one cell: "asm: done; jamf: failed (not in Jamf yet ...)"."""
+    if not isinstance(value, dict):
+        return ""
+    parts = []
+    for reporter, report in sorted(value.items()):
+        message = report.get("message") if report.get("status") != "done" else None
+        parts.append(f"{reporter}: {report.get('status')}" + (f" ({message})" if message else ""))
+    return "; ".join(parts)
+
+
+def to_serials(rows: list[dict[str, Any]]) -> str:
+    """One serial per line, no header: the list Apple School/Business Manager's Device Assignments take as a CSV
+    file (Release Devices, Assign to Server) and the previous MDM takes for a release request."""
+    serials = dict.fromkeys(str(r["serial"]) for r in rows if r.get("serial"))
+    return "".join(f"{_cell(serial)}\n" for serial in serials)
 
 
 def to_csv(rows: list[dict[str, Any]]) -> str:
@@ -89,7 +121,7 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
     writer = csv.DictWriter(out, fieldnames=FIELDS, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: _cell(row.get(k)) for k in FIELDS})
+        writer.writerow({k: _cell(reports_text(row.get(k)) if k == "reports" else row.get(k)) for k in FIELDS})
     return out.getvalue()
 
 

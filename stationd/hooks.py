@@ -13,6 +13,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from stationd.events import Event
+    from stationd.reporting import Reporter
 
 PROJECT = "stationd"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -68,4 +69,13 @@ def stationd_report(device: dict[str, Any]) -> None:
     """A finished iPad's row, as `stationd.export.device_rows` gives it (serial, udid, ecid, model, name, ...).
 
     For reporters that tell other systems (Apple School Manager, an MDM, a spreadsheet) that a device is ready.
+    """
+
+
+@hookspec
+def stationd_reporter() -> Reporter | None:
+    """A durable reporter (a `stationd.reporting.Reporter`), asked once at start.
+
+    Each finished iPad becomes one delivery to it in the station's outbox, kept in the store until it is done:
+    retried with backoff, resumed after a restart, never holding the iPad's port. Its `name` is the plugin's.
     """

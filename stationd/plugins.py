@@ -234,6 +234,16 @@ class PluginHost:
                 f"write plain hook functions instead ({wrappers[0].function.__name__})"
             )
 
+    def reporters(self) -> list[Any]:
+        """The durable reporters the plugins give (`stationd_reporter`), each named after its plugin."""
+        found: list[Any] = []
+        for impl in self.pm.hook.stationd_reporter.get_hookimpls():
+            reporter: Any = impl.function()
+            if reporter is not None:
+                reporter.name = impl.plugin_name
+                found.append(reporter)
+        return found
+
     def plugin_names(self) -> list[str]:
         """Registered plugins, in the order they were loaded."""
         return [name for name, _ in self.pm.list_name_plugin()]

@@ -10,7 +10,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from stationd.states import DeviceState, PortStatus
-from stationd.store import DeviceRecord, JobRecord
+from stationd.store import Delivery, DeviceRecord, JobRecord
 
 UNFINISHED = (PortStatus.BUSY, PortStatus.WAITING, PortStatus.HELD)  # a cart is not finished while a port shows one
 
@@ -56,6 +56,7 @@ def status_of(state: str, attached: bool) -> PortStatus:
 class StationView:
     devices: dict[str, DeviceView] = field(default_factory=dict)
     ports: dict[str, tuple[str, PortStatus]] = field(default_factory=dict)  # label -> (udid, status shown)
+    reports: dict[str, dict[str, dict]] = field(default_factory=dict)  # udid -> reporter -> its latest delivery
     _batch_announced: bool = True
 
     def load(self, devices: list[DeviceRecord], jobs: dict[str, JobRecord]) -> None:
@@ -82,8 +83,16 @@ class StationView:
         view.attached = attached
         return self._port_update(view)
 
+    def report(self, delivery: Delivery) -> None:
+        """A delivery as the outbox now holds it: the device's status with that reporter (its latest job's)."""
+        shown = self.reports.setdefault(delivery.udid, {})
+        current = shown.get(delivery.reporter)
+        if current is None or current["job_id"] <= delivery.job_id:
+            shown[delivery.reporter] = {"job_id": delivery.job_id, **delivery.summary()}
+
     def forget(self, udid: str) -> None:
         self.devices.pop(udid, None)
+        self.reports.pop(udid, None)
         for label, (owner, _) in list(self.ports.items()):
             if owner == udid:
                 del self.ports[label]

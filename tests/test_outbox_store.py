@@ -73,7 +73,7 @@ async def test_each_report_is_queued_once_per_reporter_however_often_the_trail_i
     assert again == [] and none == []
     assert await store.report_cursor("outbox:a") == events[-1].id
     assert await store.report_cursor("outbox:b") == 5
-    assert await store.report_cursor("nobody") == 0
+    assert await store.report_cursor("nobody") is None
     await store.queue_reports([], ["asm"], reader="outbox:a", read_to=1, station_id=STATION)
     assert await store.report_cursor("outbox:a") == events[-1].id, "a place in the trail never moves back"
 

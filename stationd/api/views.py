@@ -70,6 +70,7 @@ def device_view(device: DeviceRecord, job: JobRecord | None, station: Station, n
         "first_seen": device.first_seen,
         "updated_at": device.updated_at,
         "job": job_view(job, station.plan, now),
+        "reports": station.view.reports.get(device.udid, {}),
     }
 
 
@@ -89,6 +90,7 @@ def port_views(station: Station) -> list[dict[str, Any]]:
         occupant = view.occupant(label)
         if occupant is not None:
             port.update(_occupied(occupant.device, view.ports[label][1], occupant.job, station.plan, now))
+            port["reports"] = view.reports.get(occupant.device.udid, {})
         views.append(port)
     return views
 
@@ -116,6 +118,7 @@ def _empty_port(label: str, location: int | None, plan: list[str]) -> dict[str, 
         "error_code": None,
         "error_title": None,
         "error_message": None,
+        "reports": {},
     }
 
 

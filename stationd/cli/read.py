@@ -12,8 +12,10 @@ from rich.console import Console
 from rich.table import Table
 
 from stationd.cli.common import CONFIG_OPTION_HELP, error_exit, load_or_exit
-from stationd.export import device_rows, to_csv, to_json
+from stationd.export import device_rows, to_csv, to_json, to_serials
 from stationd.files import write_private_file
+from stationd.pipeline.plan import STEPS
+from stationd.states import DeviceState
 from stationd.store import StoreError, open_store
 
 
@@ -80,16 +82,31 @@ def export_command(
     config: Path | None = typer.Option(None, "--config", help=CONFIG_OPTION_HELP),
     fmt: str = typer.Option("csv", "--format", help="csv or json."),
     output: Path | None = typer.Option(None, "--output", "-o", help="Write to this file instead of the screen."),
+    serials_only: bool = typer.Option(
+        False,
+        "--serials-only",
+        help="Only the serial numbers, one per line and no header: the CSV Apple School/Business Manager's Device "
+        "Assignments and the previous MDM take (release, assign).",
+    ),
+    state: str | None = typer.Option(
+        None, "--state", help="Only iPads in this state: done, failed, held, ... (as `stationd devices` shows)."
+    ),
 ) -> None:
-    """Export every iPad (serial, UDID, ECID, model, iOS, Wi-Fi MAC, name, state, times, errors).
+    """Export every iPad (serial, UDID, ECID, model, iOS, Wi-Fi MAC, name, state, times, errors, and how each
+    reporter took it: asm, jamf, ... done, pending or failed with the reason).
 
-    The CSV is what Apple School Manager and MDM imports want: one row per serial.
-
-    Example: stationd export --format csv -o cart-12.csv
+    Examples: stationd export --format csv -o cart-12.csv;
+    stationd export --serials-only --state failed -o release.csv (for the previous owner to release).
     """
     if fmt not in ("csv", "json"):
         error_exit(f"--format must be csv or json, not {fmt!r}")
-    text = (to_csv if fmt == "csv" else to_json)(_rows(config))
+    rows = _rows(config)
+    if state is not None:
+        known = [*DeviceState, *STEPS]
+        if state.strip().lower() not in known:
+            error_exit(f"--state must be one of {', '.join(known)}, not {state!r}")
+        rows = [r for r in rows if r["state"] == state.strip().lower()]
+    text = to_serials(rows) if serials_only else (to_csv if fmt == "csv" else to_json)(rows)
     if output is None:
         typer.echo(text, nl=False)
     else:

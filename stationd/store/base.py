@@ -39,8 +39,8 @@ class Outbox(ABC):
         moves to `read_to`. Returns the new deliveries and their events."""
 
     @abstractmethod
-    async def report_cursor(self, reader: str) -> int:
-        """The id of the last event `reader` queued reports from (0 at first)."""
+    async def report_cursor(self, reader: str) -> int | None:
+        """The id of the last event `reader` queued reports from; None when it never read the trail."""
 
     @abstractmethod
     async def claim_deliveries(

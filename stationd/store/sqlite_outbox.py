@@ -141,10 +141,10 @@ class SQLiteOutbox(Outbox):
 
         return await self._atomic(body)
 
-    async def report_cursor(self, reader: str) -> int:
-        async def body(db: aiosqlite.Connection) -> int:
+    async def report_cursor(self, reader: str) -> int | None:
+        async def body(db: aiosqlite.Connection) -> int | None:
             rows = list(await db.execute_fetchall("SELECT event_id FROM trail_readers WHERE name = ?", (reader,)))
-            return int(rows[0][0]) if rows else 0
+            return int(rows[0][0]) if rows else None
 
         return await self._atomic(body, write=False)
 
