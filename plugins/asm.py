@@ -81,8 +81,8 @@ class AsmReporter(Reporter):
                 results[delivery.key] = Result.failed("the iPad's serial number is unknown, so it cannot be assigned")
                 continue
             progress = delivery.progress
-            group = str(progress.get("activity") or ("posting" if progress.get("posting") else ""))
-            groups.setdefault(group, []).append(delivery)
+            label = str(progress.get("activity") or ("posting" if progress.get("posting") else ""))
+            groups.setdefault(label, []).append(delivery)
         for group in groups.values():
 
             async def note(values: dict[str, Any], group: list[Delivery] = group) -> None:

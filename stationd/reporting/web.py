@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import httpx
+
+from stationd import outbound
 from stationd.redact import redact_text
 from stationd.reporting.reporter import Result
 
@@ -159,3 +162,34 @@ def judge(response: Any, what: str, *, auth_hint: str) -> Result | None:
     if status in (401, 403):
         return Result.failed(f"{what} refused the credentials ({detail}): {auth_hint}")
     return Result.failed(f"{what} refused the request ({detail})")
+
+
+def fill_secrets(template: str, fields: dict[str, Any]) -> str:
+    """A header template filled in: {field} from the device, {env:NAME} and {file:/path} revealed (read at each
+    call, so a rotated token is picked up); a secret's own text is never read as a template."""
+    out, start = [], 0
+    for match in SECRET.finditer(template):
+        out.append(fill(template[start : match.start()], fields))
+        out.append(reveal(match.group(0)))
+        start = match.end()
+    out.append(fill(template[start:], fields))
+    return "".join(out)
+
+
+async def send(
+    http: httpx.AsyncClient,
+    method: str,
+    url: str,
+    *,
+    what: str,
+    content: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> httpx.Response | Result:
+    """One request through `outbound` (answers capped, no redirects); a failure to get an answer is a retry."""
+    try:
+        return await outbound.fetch(http, method, url, content=content, headers=headers)
+    except outbound.Unreachable as error:
+        reason = "it did not answer in time" if "Timeout" in str(error) else f"{error}"
+        return Result.retry(f"{what} cannot be reached ({reason})")
+    except outbound.OutboundError as error:
+        return Result.failed(f"{what}: {error}")
