@@ -67,6 +67,14 @@ class Held(StationError):
         self.recheck = recheck
 
 
+class WaitingForAssignment(Held):
+    """DEP mode: the iPad's serial is not (yet) assigned to our MDM server in Apple School/Business Manager, so it is
+    not erased: erased now, it would fetch no configuration, or another server's."""
+
+    code = "waiting_for_asm"
+    title = "Waiting for Apple School Manager"
+
+
 class InternalError(StationError):
     """A bug in the station (or a plugin of the pipeline): this iPad stops, every other one carries on."""
 

@@ -39,6 +39,16 @@ def check_config(config: Config) -> list[str]:
     problems.extend(_plugin_problems(config))
     if config.enrollment.mode != "url" and config.enrollment.url:
         problems.append(f'warning: enrollment.url is ignored because enrollment.mode is "{config.enrollment.mode}"')
+    if config.enrollment.mode != "dep" and config.enrollment.hold_until_assigned:
+        problems.append(
+            f'warning: enrollment.hold_until_assigned is ignored because enrollment.mode is "{config.enrollment.mode}"'
+        )
+    elif config.enrollment.hold_until_assigned and "asm" not in config.plugins.enabled:
+        problems.append(
+            "warning: enrollment.hold_until_assigned holds each iPad until its serial is known to be assigned, but the "
+            "asm plugin is not enabled: only `stationd asm assign` and `stationd asm check` will let them go; add "
+            '"asm" to plugins.enabled (with [plugins.asm]) so the station checks held serials itself'
+        )
     if config.enrollment.mode != "dep" and config.enrollment.dep_url:
         problems.append(f'warning: enrollment.dep_url is ignored because enrollment.mode is "{config.enrollment.mode}"')
     for pane in config.steps.skip_setup:

@@ -172,6 +172,7 @@ class EnrollmentConfig:
     mode: str = "none"
     url: str | None = None
     dep_url: str | None = None  # DEP mode: the MDM's enrollment URL in its DEP profile, to recognise our configuration
+    hold_until_assigned: bool = False  # DEP mode: hold each iPad, before its erase, until its serial is assigned
 
 
 @dataclass(frozen=True)
@@ -217,6 +218,7 @@ class TimeoutsConfig:
     """[timeouts]: seconds allowed per step, and how often a failed step is retried."""
 
     identify: float = 60
+    assignment: float = 60
     erase: float = 900
     erase_start: float = 60
     activate: float = 300

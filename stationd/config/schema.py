@@ -59,7 +59,7 @@ def schema(base: Path) -> dict[str, dict[str, Converter]]:
             "hidden": boolean,
             "profile": path(base),
         },
-        "enrollment": {"mode": choice(ENROLLMENT_MODES), "url": url, "dep_url": url},
+        "enrollment": {"mode": choice(ENROLLMENT_MODES), "url": url, "dep_url": url, "hold_until_assigned": boolean},
         "profiles": {"extra": paths(base)},
         "naming": {"pattern": pattern},
         "activation": {"url": url},

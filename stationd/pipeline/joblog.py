@@ -12,7 +12,7 @@ from stationd.errors import RESTART_JOB_CODES
 from stationd.export import row as report_row
 from stationd.redact import redact
 from stationd.states import DeviceState, JobStatus
-from stationd.store import DeviceRecord, EventRecord, JobRecord, Store, Transition
+from stationd.store import Assignment, DeviceRecord, EventRecord, JobRecord, Store, Transition
 
 OnRecord = Callable[[DeviceRecord | None, JobRecord | None, list[EventRecord]], Awaitable[None]]
 
@@ -102,6 +102,14 @@ class JobLog:
             data={"device": report_row(made.device, made.job)},
         )
         await self.on_record(made.device, made.job, [made.event, reported])
+
+    async def assignment(self, serial: str) -> Assignment | None:
+        """Where Apple School/Business Manager has the serial, as last verified (the asm reporter, `stationd asm`)."""
+        return (await self.store.get_assignments([serial])).get(serial)
+
+    async def want_assignment(self, serial: str) -> None:
+        """Ask for the serial to be checked (and, with the asm reporter's assign_held, assigned)."""
+        await self.store.record_assignments([Assignment(serial, "wanted")])
 
     async def current(self, job: JobRecord) -> JobRecord:
         return await self.store.get_job(job.id) or job

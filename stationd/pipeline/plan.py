@@ -5,7 +5,7 @@ from __future__ import annotations
 from stationd.config import Config
 from stationd.errors import ConfigurationError
 
-STEPS = ("identify", "erase", "activate", "supervise", "wifi", "profiles", "enroll", "name", "report")
+STEPS = ("identify", "assignment", "erase", "activate", "supervise", "wifi", "profiles", "enroll", "name", "report")
 
 
 def plan(config: Config) -> list[str]:
@@ -21,6 +21,8 @@ def plan(config: Config) -> list[str]:
             'enrollment.mode = "dep" needs a [wifi] section: the iPad must reach Apple to fetch its configuration.'
         )
     steps = ["identify"]
+    if mode == "dep" and config.enrollment.hold_until_assigned:
+        steps.append("assignment")  # before the erase: an unassigned iPad waits, not erased into no configuration
     if config.steps.erase:
         steps.append("erase")
     if config.steps.activate:

@@ -17,6 +17,7 @@ from stationd.errors import (
     EnrollmentInvalid,
     EnrollmentUnavailable,
     EraseNotStarted,
+    WaitingForAssignment,
 )
 from stationd.pipeline import verdicts
 from stationd.profiles import ProfileInvalid, payload_types, validate_profile
@@ -205,12 +206,36 @@ async def name(ctx: StepContext) -> Outcome:
     return Outcome({"name": device_name}, name=device_name)
 
 
+async def assignment(ctx: StepContext) -> Outcome:
+    """DEP mode with `enrollment.hold_until_assigned`: go on only once the serial is verified as assigned in Apple
+    School/Business Manager (by the asm reporter, `stationd asm assign` or `stationd asm check`); until then the iPad
+    is held, not erased, and its serial is asked to be checked."""
+    serial = ctx.facts.serial
+    found = await ctx.pipeline.jobs.assignment(serial)
+    if found is not None and found.status == "assigned":
+        return Outcome({"server": found.server, "activity": found.activity, "verified_at": found.checked_at})
+    if found is None or found.status == "unknown":
+        await ctx.pipeline.jobs.want_assignment(serial)
+    if found is not None and found.status == "pending":
+        why = f'it was sent to "{found.server}" (activity {found.activity}) and is not verified yet'
+    elif found is not None and found.message:
+        why = found.message
+    else:
+        why = f"serial {serial} is not known to be assigned to your MDM server yet"
+    raise WaitingForAssignment(
+        f"Waiting for Apple School Manager: {why}. The iPad is not erased until then and goes on by itself once "
+        f'the serial is assigned (stationd asm assign {serial} --to "YOUR MDM SERVER", or the asm plugin with '
+        "assign_held = true)."
+    )
+
+
 async def report(ctx: StepContext) -> Outcome:
     return Outcome({"serial": ctx.facts.serial, "facts": ctx.facts.as_dict()})
 
 
 STEP_FUNCTIONS: dict[str, Callable[[StepContext], Awaitable[Outcome]]] = {
     "identify": identify,
+    "assignment": assignment,
     "erase": erase,
     "activate": activate,
     "supervise": supervise,
