@@ -219,6 +219,7 @@ class IdempotentEndpoint:
         self.seen: list[str] = []
         self.faults = Faults()
         self.refusing: tuple[int, str] | None = None  # every request answered so, until cleared
+        self.refuse: dict[str, tuple[int, str]] = {}  # serial -> (status, message) it is always refused with
 
     def app(self) -> Starlette:
         return Starlette(routes=[Route("/ipads/{serial}", self.handle, methods=["POST", "PUT", "PATCH"])])
@@ -232,6 +233,9 @@ class IdempotentEndpoint:
         if self.refusing is not None:
             status, after = self.refusing
             return JSONResponse({"message": "maintenance"}, status_code=status, headers={"Retry-After": after})
+        if request.path_params["serial"] in self.refuse:
+            status, message = self.refuse[request.path_params["serial"]]
+            return JSONResponse({"message": message}, status_code=status)
         if request.headers.get("authorization") != f"Bearer {self.token}":
             return JSONResponse({"message": "bad token"}, status_code=401)
         if not key:

@@ -138,7 +138,7 @@ class Courier:
             self.station.view.report(delivery)
             log.log(
                 40 if delivery.status == "failed" else 20,
-                "report." + ("done" if delivery.status == "done" else delivery.status),
+                {"done": "report.done", "failed": "report.failed"}.get(delivery.status, "report.retrying"),
                 reporter=reporter.name,
                 serial=delivery.serial,
                 udid=delivery.udid,

@@ -5,7 +5,8 @@ const EVENT_KINDS = [
   "station.started", "station.stopping", "device.attached", "device.detached", "device.done", "device.forgotten",
   "job.started", "job.resumed", "job.retried", "job.interrupted", "step.started", "step.progress",
   "step.finished", "step.waiting", "step.retrying", "step.failed", "step.interrupted", "port.changed",
-  "batch.done", "operator.retry", "operator.skip", "operator.forget",
+  "batch.done", "operator.retry", "operator.skip", "operator.forget", "step.held", "report.queued", "report.done",
+  "report.retrying", "report.failed",
 ];
 
 const STATUS_WORDS = {
@@ -15,8 +16,10 @@ const STATUS_WORDS = {
 const STEP_WORDS = {
   identify: "Reading the iPad", erase: "Erasing", activate: "Activating", supervise: "Supervising",
   wifi: "Joining Wi-Fi", profiles: "Installing profiles", enroll: "Enrolling in MDM", name: "Naming",
-  report: "Finishing",
+  report: "Finishing", assignment: "Checking Apple School Manager",
 };
+
+const REPORT_WORDS = { done: "✓", pending: "pending", failed: "failed" };
 
 const ICONS = {
   done: [["path", { d: "M5 12.5l4.5 4.5L19 7.5" }]],
@@ -82,6 +85,7 @@ function createTile() {
   const serial = element("p", "serial", root);
   const name = element("p", "name", root);
   const step = element("p", "step", root);
+  const reports = element("p", "reports", root);
   const problem = element("div", "problem", root);
   const errorTitle = element("p", "error-title", problem);
   const errorMessage = element("p", "error-message", problem);
@@ -94,7 +98,7 @@ function createTile() {
   const fraction = element("span", "fraction", progress);
   const elapsed = element("span", "elapsed", progress);
   return {
-    root, port, badge, word, serial, name, step, problem, errorTitle, errorMessage, progress, bar, fill,
+    root, port, badge, word, serial, name, step, reports, problem, errorTitle, errorMessage, progress, bar, fill,
     fraction, elapsed, status: null, startedAt: null, finishedAt: null,
   };
 }
@@ -110,6 +114,16 @@ function stepLine(port) {
   return "Free: plug an iPad in";
 }
 
+function reportLine(port) {
+  const reports = Object.entries(port.reports || {}).sort(([a], [b]) => a.localeCompare(b));
+  if (!reports.length) return "";
+  const parts = reports.map(([name, report]) => {
+    const word = `${name} ${REPORT_WORDS[report.status] || report.status}`;
+    return report.status === "failed" && report.message ? `${word}: ${report.message}` : word;
+  });
+  return `Reported: ${parts.join(" · ")}`;
+}
+
 function fillTile(tile, port) {
   const device = port.device || {};
   if (tile.status !== port.status) {
@@ -123,6 +137,8 @@ function fillTile(tile, port) {
   tile.serial.textContent = device.serial || (port.device ? "Reading serial…" : "");
   tile.name.textContent = [device.name, device.model].filter(Boolean).join(" · ");
   tile.step.textContent = stepLine(port);
+  tile.reports.textContent = reportLine(port);
+  tile.reports.hidden = !tile.reports.textContent;
   tile.problem.hidden = port.status !== "failed";
   tile.errorTitle.textContent = port.error_title || "";
   tile.errorMessage.textContent = port.error_message || "";
