@@ -163,7 +163,9 @@ class AppleClient:
         raise self._refusal(response, method, path)
 
     async def _api(self, method: str, url: str, body: dict[str, Any] | None, *, own_host: bool = True) -> Any:
-        await self._spend(method)
+        """A call to the API (its budget spent first), or a GET of an activity log on another host (no budget)."""
+        if own_host:
+            await self._spend(method)
         content = None if body is None else _dumps(body)
         for renewed in (False, True):
             headers = {"Accept": JSON}
