@@ -3,6 +3,8 @@ real one checks (signed assertion, claims, Accept, JSON:API bodies, budgets)."""
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -219,3 +221,36 @@ async def test_settings_refuse_a_key_others_can_read_and_a_client_id_of_the_othe
         with pytest.raises(PluginConfigError) as relative:
             read_settings(apple.settings(key_file="asm.pem"))
         assert "full path" in relative.value.message
+
+
+async def test_asm_servers_and_check_on_the_command_line(tmp_path: Path) -> None:
+    async with fake_apple(tmp_path) as apple:
+        apple.api.add_devices(["ONAC0001"])
+        apple.api.add_devices(["OURS0001"], server="MDM1")
+        config = tmp_path / "stationd.toml"
+        config.write_text(
+            f'[organization]\nname = "X"\n[station]\ndatabase = "{tmp_path / "db"}"\n[plugins.asm]\n{apple.toml()}'
+        )
+        env = dict(os.environ, HOME=str(tmp_path / "home"), COLUMNS="200")
+        base = [sys.executable, "-m", "stationd.cli", "asm"]
+        servers = await anyio.run_process([*base, "servers", "--config", str(config)], env=env)
+        listed = servers.stdout.decode()
+        assert "Lincoln MDM" in listed and "MDM1" in listed and "Devices Added by Apple Configurator 2" in listed
+        check = await anyio.run_process(
+            [*base, "check", "ONAC0001", "OURS0001", "GONE0001", "--config", str(config)], env=env, check=False
+        )
+        shown = check.stdout.decode()
+        assert check.returncode == 1
+        assert 'it is still on "Devices Added by Apple Configurator 2"' in shown
+        assert "GONE0001 is not in your organisation" in shown
+        async with open_store(tmp_path / "db") as store:
+            found = await store.get_assignments()
+        assert {s: a.status for s, a in found.items()} == {
+            "ONAC0001": "unknown",
+            "OURS0001": "assigned",
+            "GONE0001": "failed",
+        }
+        missing = await anyio.run_process(
+            [*base, "servers", "--config", str(tmp_path / "none.toml")], env=env, check=False
+        )
+        assert missing.returncode == 2
