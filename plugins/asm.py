@@ -32,23 +32,13 @@ import httpx
 from stationd.apple.assign import Verdict, assign, where_is
 from stationd.apple.client import AppleClient, AppleError, BudgetSpent
 from stationd.apple.settings import AsmSettings, read_settings
-from stationd.hooks import hookimpl
 from stationd.plugins import PluginContext
-from stationd.reporting import DeliveryContext, Reporter, Result
+from stationd.reporting import DeliveryContext, Reporter, ReporterPlugin, Result
 from stationd.store import Assignment, Delivery
 
 
-def make(settings: dict[str, Any], context: PluginContext) -> AsmPlugin:
-    return AsmPlugin(AsmReporter(read_settings(settings, context.name)))
-
-
-class AsmPlugin:
-    def __init__(self, reporter: AsmReporter) -> None:
-        self.reporter = reporter
-
-    @hookimpl
-    def stationd_reporter(self) -> Reporter:
-        return self.reporter
+def make(settings: dict[str, Any], context: PluginContext) -> ReporterPlugin:
+    return ReporterPlugin(AsmReporter(read_settings(settings, context.name)))
 
 
 class AsmReporter(Reporter):

@@ -29,9 +29,8 @@ import httpx
 
 from stationd.config import convert
 from stationd.export import FIELDS
-from stationd.hooks import hookimpl
 from stationd.plugins import PluginContext, Settings
-from stationd.reporting import DeliveryContext, Reporter, Result
+from stationd.reporting import DeliveryContext, Reporter, ReporterPlugin, Result
 from stationd.reporting.web import (
     SecretError,
     fill,
@@ -51,7 +50,7 @@ METHODS = ("POST", "PUT", "PATCH")
 TEMPLATE_FIELDS = (*FIELDS, "key")
 
 
-def make(settings: dict[str, Any], context: PluginContext) -> HttpPlugin:
+def make(settings: dict[str, Any], context: PluginContext) -> ReporterPlugin:
     read = Settings(context.name, settings, SETTINGS)
     url = read.text("url", example='url = "https://inventory.example.org/ipads/{serial}"')
     check_fields(read, "url", url)
@@ -65,7 +64,7 @@ def make(settings: dict[str, Any], context: PluginContext) -> HttpPlugin:
         check_fields(read, f"headers.{name}", value)
     body = read.table_of("body", example='body = { serial = "{serial}", name = "{name}" }')
     check_body(read, "body", body)
-    return HttpPlugin(
+    return ReporterPlugin(
         HttpReporter(
             url,
             method=read.choice("method", "POST", METHODS),
@@ -111,15 +110,6 @@ def check_body(read: Settings, key: str, value: Any) -> None:
     elif isinstance(value, list):
         for index, item in enumerate(value):
             check_body(read, f"{key}[{index}]", item)
-
-
-class HttpPlugin:
-    def __init__(self, reporter: HttpReporter) -> None:
-        self.reporter = reporter
-
-    @hookimpl
-    def stationd_reporter(self) -> Reporter:
-        return self.reporter
 
 
 class HttpReporter(Reporter):

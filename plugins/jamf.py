@@ -34,12 +34,10 @@ from xml.sax.saxutils import escape
 import anyio
 import httpx
 
-from stationd.config import convert
-from stationd.hooks import hookimpl
 from stationd.plugins import PluginContext, Settings
-from stationd.reporting import DeliveryContext, Reporter, Result
-from stationd.reporting.mdm import MdmReporter, base_url, not_enrolled_yet, secret_setting
-from stationd.reporting.web import SecretError, judge, reveal, send
+from stationd.reporting import DeliveryContext, ReporterPlugin, Result
+from stationd.reporting.mdm import MdmReporter, base_url, common_settings, not_enrolled_yet, secret_setting
+from stationd.reporting.web import SecretError, json_body, judge, reveal, send
 from stationd.store import Delivery
 
 SETTINGS = ("url", "client_id", "client_secret", "group_id", "rename", "timeout", "patience")
@@ -47,29 +45,16 @@ AUTH_HINT = "check client_id and client_secret, and that the API role allows rea
 MARGIN = 10.0
 
 
-def make(settings: dict[str, Any], context: PluginContext) -> JamfPlugin:
+def make(settings: dict[str, Any], context: PluginContext) -> ReporterPlugin:
     read = Settings(context.name, settings, SETTINGS)
-    group = read.read("group_id", None, lambda v: None if v is None else convert.whole(1)(v), "group_id = 12")
-    return JamfPlugin(
+    return ReporterPlugin(
         JamfReporter(
             url=base_url(read, "https://school.jamfcloud.com"),
             client_id=read.text("client_id", example='client_id = "8a3b2c1d-..."'),
             client_secret=secret_setting(read, "client_secret", '"{env:JAMF_CLIENT_SECRET}"'),
-            group_id=group,
-            rename=read.flag("rename", True),
-            timeout=read.read("timeout", 15.0, convert.number(0.1, 300.0)),
-            patience=read.read("patience", 3.0, convert.number(0.0, 365.0)) * 86400,
+            **common_settings(read, "group_id = 12"),
         )
     )
-
-
-class JamfPlugin:
-    def __init__(self, reporter: JamfReporter) -> None:
-        self.reporter = reporter
-
-    @hookimpl
-    def stationd_reporter(self) -> Reporter:
-        return self.reporter
 
 
 class JamfReporter(MdmReporter):
@@ -94,13 +79,13 @@ class JamfReporter(MdmReporter):
         found = await self.call("GET", f"/api/v2/mobile-devices/detail?{query}")
         if isinstance(found, Result):
             return found
-        results = _json(found).get("results") or []
+        results = json_body(found).get("results") or []
         if not results:
             return not_enrolled_yet("Jamf Pro", serial)
         device_id = str(results[0].get("mobileDeviceId") or results[0].get("id") or "")
         done = []
         if self.rename and name:
-            renamed = await self.call("PATCH", f"/api/v2/mobile-devices/{quote(device_id)}", json_body={"name": name})
+            renamed = await self.call("PATCH", f"/api/v2/mobile-devices/{quote(device_id)}", payload={"name": name})
             if isinstance(renamed, Result):
                 return renamed
             done.append(f'named "{name}"')
@@ -117,7 +102,7 @@ class JamfReporter(MdmReporter):
         return Result.done(f"Jamf Pro device {device_id}: " + (", ".join(done) or "found"), jamf_id=device_id)
 
     async def call(
-        self, method: str, path: str, *, json_body: Any = None, xml: str | None = None
+        self, method: str, path: str, *, payload: Any = None, xml: str | None = None
     ) -> httpx.Response | Result:
         """One Jamf Pro API call with the bearer token; a 401 gets one new token and one more try."""
         for renew in (False, True):
@@ -126,8 +111,8 @@ class JamfReporter(MdmReporter):
                 return token
             headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
             content = None
-            if json_body is not None:
-                headers["Content-Type"], content = "application/json", json.dumps(json_body).encode()
+            if payload is not None:
+                headers["Content-Type"], content = "application/json", json.dumps(payload).encode()
             elif xml is not None:
                 headers["Content-Type"], content = "text/xml", xml.encode()
             answer = await send(self.http, method, self.url + path, what="Jamf Pro", content=content, headers=headers)
@@ -159,18 +144,10 @@ class JamfReporter(MdmReporter):
             refused = judge(answer, "Jamf Pro", auth_hint=AUTH_HINT)
             if refused is not None:
                 return refused
-            body = _json(answer)
+            body = json_body(answer)
             if not isinstance(body.get("access_token"), str):
                 return Result.retry("Jamf Pro gave no access token")
             self._token = body["access_token"]
             lifetime = body.get("expires_in")
             self._expires = time.monotonic() + (float(lifetime) if isinstance(lifetime, (int, float)) else 60.0)
             return self._token
-
-
-def _json(response: httpx.Response) -> dict[str, Any]:
-    try:
-        value = json.loads(response.content or b"{}")
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}

@@ -21,46 +21,30 @@ Settings, under [plugins.simplemdm]:
 from __future__ import annotations
 
 import base64
-import json
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
-from stationd.config import convert
-from stationd.hooks import hookimpl
 from stationd.plugins import PluginContext, Settings
-from stationd.reporting import DeliveryContext, Reporter, Result
-from stationd.reporting.mdm import MdmReporter, base_url, not_enrolled_yet, secret_setting
-from stationd.reporting.web import SecretError, judge, reveal, send
+from stationd.reporting import DeliveryContext, ReporterPlugin, Result
+from stationd.reporting.mdm import MdmReporter, base_url, common_settings, not_enrolled_yet, secret_setting
+from stationd.reporting.web import SecretError, json_body, judge, reveal, send
 from stationd.store import Delivery
 
 SETTINGS = ("url", "api_key", "group_id", "rename", "timeout", "patience")
 AUTH_HINT = "check plugins.simplemdm.api_key (SimpleMDM › Settings › API)"
 
 
-def make(settings: dict[str, Any], context: PluginContext) -> SimpleMdmPlugin:
+def make(settings: dict[str, Any], context: PluginContext) -> ReporterPlugin:
     read = Settings(context.name, settings, SETTINGS)
-    group = read.read("group_id", None, lambda v: None if v is None else convert.whole(1)(v), "group_id = 7")
-    return SimpleMdmPlugin(
+    return ReporterPlugin(
         SimpleMdmReporter(
             url=base_url(read, "https://a.simplemdm.com", default="https://a.simplemdm.com"),
             api_key=secret_setting(read, "api_key", '"{env:SIMPLEMDM_API_KEY}"'),
-            group_id=group,
-            rename=read.flag("rename", True),
-            timeout=read.read("timeout", 15.0, convert.number(0.1, 300.0)),
-            patience=read.read("patience", 3.0, convert.number(0.0, 365.0)) * 86400,
+            **common_settings(read, "group_id = 7"),
         )
     )
-
-
-class SimpleMdmPlugin:
-    def __init__(self, reporter: SimpleMdmReporter) -> None:
-        self.reporter = reporter
-
-    @hookimpl
-    def stationd_reporter(self) -> Reporter:
-        return self.reporter
 
 
 class SimpleMdmReporter(MdmReporter):
@@ -79,7 +63,7 @@ class SimpleMdmReporter(MdmReporter):
             return found
         matches = [
             item
-            for item in _json(found).get("data") or []
+            for item in json_body(found).get("data") or []
             if str((item.get("attributes") or {}).get("serial_number") or "").upper() == serial.upper()
         ]
         if not matches:
@@ -115,11 +99,3 @@ class SimpleMdmReporter(MdmReporter):
         if isinstance(answer, Result):
             return answer
         return judge(answer, "SimpleMDM", auth_hint=AUTH_HINT) or answer
-
-
-def _json(response: httpx.Response) -> dict[str, Any]:
-    try:
-        value = json.loads(response.content or b"{}")
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}

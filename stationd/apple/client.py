@@ -27,7 +27,7 @@ import structlog
 from stationd import outbound
 from stationd.apple.credentials import TOKEN_URL, ApiAccount, Assertion
 from stationd.redact import redact_url
-from stationd.reporting.web import retry_after
+from stationd.reporting.web import json_body, retry_after
 from stationd.store import Outbox
 
 log = structlog.get_logger("stationd.apple")
@@ -139,7 +139,7 @@ class AppleClient:
             )
         if response.status_code >= 500:
             raise AppleError(f"Apple's sign-in service answered {response.status_code}", transient=True, status=500)
-        body = _json(response)
+        body = json_body(response)
         if response.status_code != 200 or not isinstance(body.get("access_token"), str):
             reason = body.get("error_description") or body.get("error") or f"HTTP {response.status_code}"
             raise AppleError(
@@ -159,7 +159,7 @@ class AppleClient:
         url = path if path.startswith(("http://", "https://")) else self.api_url + path.lstrip("/")
         response = await self._api(method, url, body)
         if response.status_code in (200, 201, 202):
-            return _json(response)
+            return json_body(response)
         raise self._refusal(response, method, path)
 
     async def _api(self, method: str, url: str, body: dict[str, Any] | None, *, own_host: bool = True) -> Any:
@@ -215,7 +215,7 @@ class AppleClient:
 
     def _refusal(self, response: Any, method: str, path: str) -> AppleError:
         status = response.status_code
-        detail = jsonapi_message(_json(response)) or f"HTTP {status}"
+        detail = jsonapi_message(json_body(response)) or f"HTTP {status}"
         where = f"{method} {path.split('?')[0]}"
         if status >= 500:
             return AppleError(f"{self.account.service} had trouble ({detail})", transient=True, status=status)
@@ -354,11 +354,3 @@ def _form(fields: dict[str, str]) -> bytes:
 
 def _dumps(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
-
-
-def _json(response: Any) -> dict[str, Any]:
-    try:
-        value = json.loads(response.content or b"{}")
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}

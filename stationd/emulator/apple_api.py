@@ -286,23 +286,25 @@ class FakeAppleApi:
             },
         }
 
-    async def _org_device(self, request: Request) -> Response:
+    def _unknown_device(self, request: Request) -> Response | None:
+        """The refusal of a request about a serial (checked first), or None for a device of the organisation."""
         refused = self._checked(request)
-        if refused is not None:
+        if refused is not None or request.path_params["serial"] in self.devices:
             return refused
         serial = request.path_params["serial"]
-        if serial not in self.devices:
-            return self._refuse(404, "NOT_FOUND", f"There is no orgDevices resource with the id '{serial}'.")
-        return JSONResponse({"data": self._device(serial), "links": {"self": str(request.url)}})
+        return self._refuse(404, "NOT_FOUND", f"There is no orgDevices resource with the id '{serial}'.")
+
+    async def _org_device(self, request: Request) -> Response:
+        refused = self._unknown_device(request)
+        if refused is not None:
+            return refused
+        return JSONResponse({"data": self._device(request.path_params["serial"]), "links": {"self": str(request.url)}})
 
     async def _assigned(self, request: Request) -> Response:
-        refused = self._checked(request)
+        refused = self._unknown_device(request)
         if refused is not None:
             return refused
-        serial = request.path_params["serial"]
-        if serial not in self.devices:
-            return self._refuse(404, "NOT_FOUND", f"There is no orgDevices resource with the id '{serial}'.")
-        server = self.devices[serial]
+        server = self.devices[request.path_params["serial"]]
         data = {"type": "mdmServers", "id": server} if server else None
         return JSONResponse({"data": data, "links": {"self": str(request.url)}})
 

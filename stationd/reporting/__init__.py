@@ -6,6 +6,6 @@ or retried with backoff), after the iPad's port is already done. A reporter is a
 `stationd_reporter` hook (see `Reporter`).
 """
 
-from stationd.reporting.reporter import DeliveryContext, Reporter, Result
+from stationd.reporting.reporter import DeliveryContext, Reporter, ReporterPlugin, Result
 
-__all__ = ["DeliveryContext", "Reporter", "Result"]
+__all__ = ["DeliveryContext", "Reporter", "ReporterPlugin", "Result"]

@@ -40,6 +40,20 @@ def base_url(read: Settings, example: str, default: str | None = None) -> str:
     return str(read.read("url", default or "", convert.url, f'url = "{example}"')).rstrip("/")
 
 
+def common_settings(read: Settings, group_example: str) -> dict[str, Any]:
+    """What every preset takes besides its credentials: the group, whether to rename, timeout and patience."""
+    return {
+        "group_id": read.read("group_id", None, _optional_id, group_example),
+        "rename": read.flag("rename", True),
+        "timeout": read.read("timeout", 15.0, convert.number(0.1, 300.0)),
+        "patience": read.read("patience", 3.0, convert.number(0.0, 365.0)) * 86400,
+    }
+
+
+def _optional_id(value: Any) -> int | None:
+    return None if value is None else int(convert.whole(1)(value))
+
+
 def not_enrolled_yet(mdm: str, serial: str | None) -> Result:
     return Result.retry(
         f"{mdm} does not list iPad {serial} yet: it appears there once the iPad finishes Setup Assistant and "

@@ -8,6 +8,7 @@ from typing import Any
 
 import anyio
 
+from stationd.hooks import hookimpl
 from stationd.store import Delivery, Outbox, Outcome
 
 
@@ -96,3 +97,14 @@ class Reporter:
 
     async def close(self) -> None:
         """The station stops: close connections."""
+
+
+class ReporterPlugin:
+    """A plugin that gives one reporter: what a built-in reporter's `make` returns."""
+
+    def __init__(self, reporter: Reporter) -> None:
+        self.reporter = reporter
+
+    @hookimpl
+    def stationd_reporter(self) -> Reporter:
+        return self.reporter

@@ -193,3 +193,12 @@ async def send(
         return Result.retry(f"{what} cannot be reached ({reason})")
     except outbound.OutboundError as error:
         return Result.failed(f"{what}: {error}")
+
+
+def json_body(response: Any) -> dict[str, Any]:
+    """The answer's JSON object, or {} for anything else."""
+    try:
+        value = json.loads(response.content or b"{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}

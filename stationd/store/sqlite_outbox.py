@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import fields
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiosqlite
@@ -67,6 +68,7 @@ MIGRATION: tuple[str, ...] = (
     """,
 )
 
+JSON_COLUMNS = ("payload", "progress")
 EVENT_OF = {Outcome.DONE: "report.done", Outcome.FAILED: "report.failed", Outcome.RETRY: "report.retrying"}
 
 
@@ -397,24 +399,7 @@ async def _require(db: aiosqlite.Connection, key: str) -> Delivery:
 
 def _record(row: Any) -> Delivery:
     return Delivery(
-        id=row["id"],
-        key=row["key"],
-        reporter=row["reporter"],
-        udid=row["udid"],
-        serial=row["serial"],
-        job_id=row["job_id"],
-        station_id=row["station_id"],
-        payload=json.loads(row["payload"]),
-        status=row["status"],
-        attempts=row["attempts"],
-        due_at=row["due_at"],
-        claimed_by=row["claimed_by"],
-        claimed_until=row["claimed_until"],
-        progress=json.loads(row["progress"]),
-        message=row["message"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        done_at=row["done_at"],
+        **{f.name: json.loads(row[f.name]) if f.name in JSON_COLUMNS else row[f.name] for f in fields(Delivery)}
     )
 
 
