@@ -169,6 +169,18 @@ class ProfileNotInstalled(StationError):
     title = "Profile not installed"
 
 
+class AppRejected(StationError):
+    code = "app_rejected"
+    title = "App refused"
+
+
+class AppNotInstalled(StationError):
+    code = "app_not_installed"
+    title = "App not installed"
+    transient = True
+    retries = 1
+
+
 class EnrollmentUnavailable(StationError):
     code = "enrollment_unavailable"
     title = "MDM unreachable"

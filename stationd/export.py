@@ -1,4 +1,6 @@
-"""What `stationd devices`, `status` and `export` show: one flat row per device, like Configurator's "Export info"."""
+"""What `stationd devices`, `status` and `export` show: one flat row per device, like Configurator's "Export info".
+
+Facts the iPad did not report (an old iPadOS, a domain it refused) are empty cells, never guesses."""
 
 from __future__ import annotations
 
@@ -29,6 +31,18 @@ FIELDS = (
     "first_seen",
     "updated_at",
     "finished_at",
+    "bluetooth_mac",
+    "ethernet_mac",
+    "capacity",
+    "free",
+    "battery_level",
+    "charging",
+    "battery_health",
+    "cycle_count",
+    "supervised",
+    "organization",
+    "apps",
+    "profiles",
 )
 
 
@@ -63,6 +77,18 @@ def row(device: DeviceRecord, job: JobRecord | None) -> dict[str, Any]:
         "first_seen": _iso(device.first_seen),
         "updated_at": _iso(device.updated_at),
         "finished_at": _iso(job.finished_at) if job else None,
+        "bluetooth_mac": facts.get("bluetooth_address"),
+        "ethernet_mac": facts.get("ethernet_address"),
+        "capacity": facts.get("capacity"),
+        "free": facts.get("free"),
+        "battery_level": facts.get("battery_level"),
+        "charging": facts.get("charging"),
+        "battery_health": facts.get("battery_health"),
+        "cycle_count": facts.get("cycle_count"),
+        "supervised": facts.get("supervised"),
+        "organization": facts.get("organization"),
+        "apps": facts.get("apps"),
+        "profiles": facts.get("profiles"),
     }
 
 
@@ -98,6 +124,8 @@ def _cell(value: Any) -> Any:
     name chosen by whoever handled the iPad could run one when the export is opened. Prefixed with ', it is text."""
     if value is None:
         return ""
+    if isinstance(value, list):  # apps ("bundle id version") and profiles, one cell each
+        value = "; ".join(f"{v['bundle_id']} {v['version']}" if isinstance(v, dict) else str(v) for v in value)
     if isinstance(value, str) and value.startswith(FORMULA_STARTS):
         return "'" + value
     return value

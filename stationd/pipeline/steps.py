@@ -12,6 +12,7 @@ import httpx
 
 from stationd import outbound
 from stationd.device import SessionOpener
+from stationd.device.inventory import inventory
 from stationd.errors import (
     ConfigurationError,
     EnrollmentInvalid,
@@ -39,8 +40,14 @@ class Outcome:
 
 
 async def identify(ctx: StepContext) -> Outcome:
+    """What the iPad is (read at every session) and what it arrived with: apps, profiles, supervision, battery
+    health. The arrival inventory stays in the job; the device record keeps the latest (the report step's)."""
     facts = ctx.facts
-    return Outcome({"serial": facts.serial, "product_type": facts.product_type, "version": facts.product_version})
+    held = await inventory(ctx.session)
+    await ctx.record_facts(held)
+    return Outcome(
+        {"serial": facts.serial, "product_type": facts.product_type, "version": facts.product_version, **held}
+    )
 
 
 async def erase_proven(sessions: SessionOpener, udid: str, job: JobRecord, device_id: int | None) -> bool:
@@ -206,7 +213,10 @@ async def name(ctx: StepContext) -> Outcome:
 
 
 async def report(ctx: StepContext) -> Outcome:
-    return Outcome({"serial": ctx.facts.serial, "facts": ctx.facts.as_dict()})
+    """What the iPad leaves with (apps, profiles, supervision, battery), read back into its record for the report."""
+    held = await inventory(ctx.session)
+    await ctx.record_facts(held)
+    return Outcome({"serial": ctx.facts.serial, "facts": {**ctx.facts.as_dict(), **held}})
 
 
 STEP_FUNCTIONS: dict[str, Callable[[StepContext], Awaitable[Outcome]]] = {

@@ -75,6 +75,10 @@ class StepContext:
         """Persist step data before acting on it (write-ahead), e.g. that an erase is about to be sent."""
         self.job = await self.pipeline.jobs.checkpoint(self.udid, self.job, step, data)
 
+    async def record_facts(self, facts: dict[str, Any]) -> None:
+        """Merge what a step read from the iPad into its device record (on the trail, as device.identified)."""
+        await self.pipeline.jobs.identified(self.udid, facts, None, None)
+
     async def number(self, step: str, counter: str) -> int:
         """This job's number from the station's counter `counter` (kept in the job: a retry keeps it)."""
         value, self.job = await self.pipeline.jobs.number(self.udid, self.job, step, counter)
