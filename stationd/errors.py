@@ -67,6 +67,13 @@ class Held(StationError):
         self.recheck = recheck
 
 
+class ChargeHeld(Held):
+    """Below `steps.min_battery`: held before anything is done to it, looked at again until it has charged."""
+
+    code = "charging"
+    title = "Charging"
+
+
 class InternalError(StationError):
     """A bug in the station (or a plugin of the pipeline): this iPad stops, every other one carries on."""
 

@@ -145,6 +145,8 @@ class StepsConfig:
     skip_setup: tuple[str, ...] = DEFAULT_SKIP_SETUP
     language: str = "en"
     region: str = "US"
+    min_battery: int = 0  # percent an iPad needs before anything is done to it (its erase first); 0: no charge gate
+    charge_recheck: float = 60.0  # seconds between two looks at the charge of an iPad held below min_battery
 
 
 @dataclass(frozen=True)
@@ -217,6 +219,7 @@ class TimeoutsConfig:
     """[timeouts]: seconds allowed per step, and how often a failed step is retried."""
 
     identify: float = 60
+    charge: float = 60
     erase: float = 900
     erase_start: float = 60
     activate: float = 300

@@ -5,7 +5,18 @@ from __future__ import annotations
 from stationd.config import Config
 from stationd.errors import ConfigurationError
 
-STEPS = ("identify", "erase", "activate", "supervise", "wifi", "profiles", "enroll", "name", "report")
+STEPS = (
+    "identify",
+    "charge",
+    "erase",
+    "activate",
+    "supervise",
+    "wifi",
+    "profiles",
+    "enroll",
+    "name",
+    "report",
+)
 
 
 def plan(config: Config) -> list[str]:
@@ -21,6 +32,8 @@ def plan(config: Config) -> list[str]:
             'enrollment.mode = "dep" needs a [wifi] section: the iPad must reach Apple to fetch its configuration.'
         )
     steps = ["identify"]
+    if config.steps.min_battery:
+        steps.append("charge")  # before any erase: an iPad that runs flat mid-setup stalls half prepared
     if config.steps.erase:
         steps.append("erase")
     if config.steps.activate:

@@ -14,6 +14,7 @@ from stationd import outbound
 from stationd.device import SessionOpener
 from stationd.device.inventory import inventory
 from stationd.errors import (
+    ChargeHeld,
     ConfigurationError,
     EnrollmentInvalid,
     EnrollmentUnavailable,
@@ -48,6 +49,25 @@ async def identify(ctx: StepContext) -> Outcome:
     return Outcome(
         {"serial": facts.serial, "product_type": facts.product_type, "version": facts.product_version, **held}
     )
+
+
+async def charge(ctx: StepContext) -> Outcome:
+    """Hold an iPad below `steps.min_battery` until it has charged: before its erase, so that none stalls half set
+    up when it runs flat. The level is read afresh at every look (a new session each `steps.charge_recheck`)."""
+    level, minimum = ctx.facts.battery_level, ctx.config.steps.min_battery
+    if level is None:
+        return Outcome({"level": None, "note": "the iPad reports no battery level; not held"})
+    if level >= minimum:
+        return Outcome({"level": level})
+    who = f"iPad {ctx.facts.serial}"
+    if ctx.facts.charging is False:
+        message = (
+            f"Not charging ({level} %): {who} needs {minimum} % before it is set up, and this port gives it too "
+            "little power. Move it to a port that charges (or a powered hub); it goes on by itself."
+        )
+    else:
+        message = f"Charging ({level} %): {who} goes on by itself at {minimum} %."
+    raise ChargeHeld(message, recheck=ctx.config.steps.charge_recheck, level=level)
 
 
 async def erase_proven(sessions: SessionOpener, udid: str, job: JobRecord, device_id: int | None) -> bool:
@@ -221,6 +241,7 @@ async def report(ctx: StepContext) -> Outcome:
 
 STEP_FUNCTIONS: dict[str, Callable[[StepContext], Awaitable[Outcome]]] = {
     "identify": identify,
+    "charge": charge,
     "erase": erase,
     "activate": activate,
     "supervise": supervise,

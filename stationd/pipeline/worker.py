@@ -104,6 +104,7 @@ class DeviceWorker:
         self.deadline: float | None = None  # when an erased device must be back
         self.running_step = "identify"
         self.recheck = 0.0  # when held: seconds until the step is tried again
+        self.held_step: str | None = None  # the step a hold is on: looked at again without a step.started
         self.log = log.bind(udid=udid)
 
     # -- signals from the USB watcher and the operator ------------------------------------------------------------
@@ -214,12 +215,12 @@ class DeviceWorker:
                     error_message=str(held),
                 )
                 self.log.info("step.held", step=self.running_step, reason=held.code)
-                self.recheck = held.recheck
+                self.recheck, self.held_step = held.recheck, self.running_step
                 return "held"
             except StationError as e:
                 if isinstance(e, DeviceGone):
                     raise
-                error = e
+                error, self.held_step = e, None
             except Exception as e:  # the failure boundary of one iPad; cancellation is a BaseException
                 self.log.exception("step.crashed", step=self.running_step)
                 error = InternalError(
@@ -288,8 +289,9 @@ class DeviceWorker:
                 if step in ctx.job.completed_steps:
                     continue
                 self.running_step = step
-                ctx.job = await jobs.transition(self.udid, ctx.job, "step.started", state=step, step=step)
-                self.log.info("step.started", step=step)
+                if step != self.held_step:  # a held step is looked at again without leaving "held"
+                    ctx.job = await jobs.transition(self.udid, ctx.job, "step.started", state=step, step=step)
+                    self.log.info("step.started", step=step)
                 with _timeout(step, pipeline.timing.step_timeout(step)):
                     outcome: Outcome = await STEP_FUNCTIONS[step](ctx)
                 if outcome.await_reattach:
@@ -297,7 +299,7 @@ class DeviceWorker:
                     await jobs.transition(self.udid, ctx.job, "step.waiting", state=DeviceState.WAITING, step=step)
                     self.log.info("step.waiting", step=step)
                     return "waiting"
-                self.deadline = None
+                self.deadline, self.held_step = None, None
                 ctx.job = await jobs.transition(
                     self.udid,
                     ctx.job,

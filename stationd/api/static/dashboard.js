@@ -4,8 +4,8 @@
 const EVENT_KINDS = [
   "station.started", "station.stopping", "device.attached", "device.detached", "device.done", "device.forgotten",
   "job.started", "job.resumed", "job.retried", "job.interrupted", "step.started", "step.progress",
-  "step.finished", "step.waiting", "step.retrying", "step.failed", "step.interrupted", "port.changed",
-  "batch.done", "operator.retry", "operator.skip", "operator.forget",
+  "step.finished", "step.waiting", "step.retrying", "step.failed", "step.interrupted", "step.held", "port.changed",
+  "batch.done", "operator.retry", "operator.skip", "operator.forget", "device.identified",
 ];
 
 const STATUS_WORDS = {
@@ -13,8 +13,9 @@ const STATUS_WORDS = {
 };
 
 const STEP_WORDS = {
-  identify: "Reading the iPad", erase: "Erasing", activate: "Activating", supervise: "Supervising",
-  wifi: "Joining Wi-Fi", profiles: "Installing profiles", enroll: "Enrolling in MDM", name: "Naming",
+  identify: "Reading the iPad", charge: "Checking the charge", erase: "Erasing", activate: "Activating", supervise: "Supervising",
+  wifi: "Joining Wi-Fi", profiles: "Installing profiles", apps: "Installing apps", enroll: "Enrolling in MDM",
+  name: "Naming",
   report: "Finishing",
 };
 
@@ -27,6 +28,7 @@ const ICONS = {
   empty: [["circle", { cx: 12, cy: 12, r: 9, "stroke-dasharray": "3 3" }]],
 };
 
+const LOW_BATTERY = 20;
 const DEBOUNCE_MS = 150;
 const POLL_MS = 30000;
 const RECONNECT_MS = 3000;
@@ -81,6 +83,7 @@ function createTile() {
   const word = element("span", "word", badge);
   const serial = element("p", "serial", root);
   const name = element("p", "name", root);
+  const battery = element("p", "battery", root);
   const step = element("p", "step", root);
   const problem = element("div", "problem", root);
   const errorTitle = element("p", "error-title", problem);
@@ -94,7 +97,7 @@ function createTile() {
   const fraction = element("span", "fraction", progress);
   const elapsed = element("span", "elapsed", progress);
   return {
-    root, port, badge, word, serial, name, step, problem, errorTitle, errorMessage, progress, bar, fill,
+    root, port, badge, word, serial, name, battery, step, problem, errorTitle, errorMessage, progress, bar, fill,
     fraction, elapsed, status: null, startedAt: null, finishedAt: null,
   };
 }
@@ -110,6 +113,13 @@ function stepLine(port) {
   return "Free: plug an iPad in";
 }
 
+// The charge as the iPad last reported it: "Battery 64 % · charging" (or "not charging" on a port without power).
+function batteryLine(battery) {
+  if (!battery) return "";
+  const state = battery.charging === true ? " · charging" : battery.charging === false ? " · not charging" : "";
+  return `Battery ${battery.level} %${state}`;
+}
+
 function fillTile(tile, port) {
   const device = port.device || {};
   if (tile.status !== port.status) {
@@ -122,6 +132,8 @@ function fillTile(tile, port) {
   tile.root.setAttribute("aria-label", `${port.label}: ${STATUS_WORDS[port.status] || port.status}`);
   tile.serial.textContent = device.serial || (port.device ? "Reading serial…" : "");
   tile.name.textContent = [device.name, device.model].filter(Boolean).join(" · ");
+  tile.battery.textContent = port.device ? batteryLine(port.battery) : "";
+  tile.battery.classList.toggle("low", Boolean(port.battery && port.battery.level < LOW_BATTERY));
   tile.step.textContent = stepLine(port);
   tile.problem.hidden = port.status !== "failed";
   tile.errorTitle.textContent = port.error_title || "";
@@ -149,7 +161,7 @@ function tick(tile) {
 }
 
 function renderCounts(counts) {
-  const busy = counts.busy + counts.waiting;
+  const busy = counts.busy + counts.waiting + counts.held; // a held iPad (charging, ...) is not finished
   $("count-done").textContent = counts.done;
   $("count-busy").textContent = busy;
   $("count-failed").textContent = counts.failed;
