@@ -184,6 +184,13 @@ class ProfilesConfig:
 
 
 @dataclass(frozen=True)
+class AppsConfig:
+    """[apps]: custom and in-house .ipa files installed on every iPad (App Store apps come from the MDM)."""
+
+    install: tuple[Path, ...] = ()
+
+
+@dataclass(frozen=True)
 class NamingConfig:
     """[naming]: the name each iPad gets."""
 
@@ -226,6 +233,7 @@ class TimeoutsConfig:
     supervise: float = 120
     wifi: float = 120
     profiles: float = 120
+    apps: float = 900
     enroll: float = 300
     name: float = 60
     report: float = 60
@@ -276,6 +284,7 @@ class Config:
     wifi: WifiConfig | None = None
     enrollment: EnrollmentConfig = field(default_factory=EnrollmentConfig)
     profiles: ProfilesConfig = field(default_factory=ProfilesConfig)
+    apps: AppsConfig = field(default_factory=AppsConfig)
     naming: NamingConfig = field(default_factory=NamingConfig)
     activation: ActivationConfig = field(default_factory=ActivationConfig)
     timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)
@@ -292,6 +301,7 @@ SECTIONS: dict[str, type] = {
     "wifi": WifiConfig,
     "enrollment": EnrollmentConfig,
     "profiles": ProfilesConfig,
+    "apps": AppsConfig,
     "naming": NamingConfig,
     "activation": ActivationConfig,
     "timeouts": TimeoutsConfig,

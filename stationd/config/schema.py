@@ -73,6 +73,7 @@ def schema(base: Path) -> dict[str, dict[str, Converter]]:
         },
         "enrollment": {"mode": choice(ENROLLMENT_MODES), "url": url, "dep_url": url},
         "profiles": {"extra": paths(base)},
+        "apps": {"install": paths(base)},
         "naming": {"pattern": pattern},
         "activation": {"url": url},
         "timeouts": {item.name: _timeout(item.name) for item in fields(TimeoutsConfig)},

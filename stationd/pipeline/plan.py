@@ -13,6 +13,7 @@ STEPS = (
     "supervise",
     "wifi",
     "profiles",
+    "apps",
     "enroll",
     "name",
     "report",
@@ -39,15 +40,17 @@ def plan(config: Config) -> list[str]:
     if config.steps.activate:
         steps.append("activate")
     if mode == "dep":
-        steps += ["wifi", "enroll", "profiles"]
+        steps += ["wifi", "enroll", "profiles", "apps"]
     else:
         steps.append("supervise")
         if config.wifi is not None:
             steps.append("wifi")
-        steps.append("profiles")
+        steps += ["profiles", "apps"]
         if mode == "url":
             steps.append("enroll")
     steps += ["name", "report"]
     if not config.profiles.extra:
         steps.remove("profiles")
+    if not config.apps.install:
+        steps.remove("apps")
     return steps

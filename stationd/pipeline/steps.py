@@ -14,12 +14,14 @@ from stationd import outbound
 from stationd.device import SessionOpener
 from stationd.device.inventory import inventory
 from stationd.errors import (
+    AppNotInstalled,
     ChargeHeld,
     ConfigurationError,
     EnrollmentInvalid,
     EnrollmentUnavailable,
     EraseNotStarted,
 )
+from stationd.ipa import IpaInvalid, read_package
 from stationd.pipeline import verdicts
 from stationd.profiles import ProfileInvalid, payload_types, validate_profile
 from stationd.redact import redact_url
@@ -232,6 +234,31 @@ async def name(ctx: StepContext) -> Outcome:
     return Outcome({"name": device_name}, name=device_name)
 
 
+async def apps(ctx: StepContext) -> Outcome:
+    """Install each .ipa of `[apps] install` the iPad does not list in that version, then Browse again: only the
+    iPad listing every one counts."""
+    packages = []
+    for path in ctx.config.apps.install:
+        try:
+            packages.append(read_package(path))
+        except IpaInvalid as e:
+            raise ConfigurationError(f"{e} Fix [apps] install (stationd check-config), then replug the iPad.") from e
+    bundle_ids = [package.bundle_id for package in packages]
+    listed = {app["bundle_id"]: app for app in await ctx.session.apps.installed(bundle_ids)}
+    for package in packages:
+        if not package.matches(listed.get(package.bundle_id)):
+            await ctx.session.apps.install(package.path)
+    listed = {app["bundle_id"]: app for app in await ctx.session.apps.installed(bundle_ids)}
+    missing = [package for package in packages if not package.matches(listed.get(package.bundle_id))]
+    if missing:
+        names = ", ".join(f"{p.bundle_id} {p.version} ({p.build})" for p in missing)
+        raise AppNotInstalled(
+            f"iPad {ctx.facts.serial} accepted {names} but does not list it as installed: replug it to try again."
+        )
+    installed = [{"bundle_id": p.bundle_id, "version": p.version, "build": p.build} for p in packages]
+    return Outcome({"installed": installed})
+
+
 async def report(ctx: StepContext) -> Outcome:
     """What the iPad leaves with (apps, profiles, supervision, battery), read back into its record for the report."""
     held = await inventory(ctx.session)
@@ -247,6 +274,7 @@ STEP_FUNCTIONS: dict[str, Callable[[StepContext], Awaitable[Outcome]]] = {
     "supervise": supervise,
     "wifi": wifi,
     "profiles": profiles,
+    "apps": apps,
     "enroll": enroll,
     "name": name,
     "report": report,
