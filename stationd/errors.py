@@ -86,6 +86,13 @@ class TrustPending(StationError):
     title = "Tap Trust on the iPad"
 
 
+class NotTrusted(StationError):
+    """A read-only caller found no pairing and did not pair (which could show the trust dialog)."""
+
+    code = "not_trusted"
+    title = "Does not trust this station"
+
+
 class PairingRefused(StationError):
     code = "pairing_refused"
     title = "Trust refused"

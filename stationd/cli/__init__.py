@@ -1,14 +1,14 @@
 """The `stationd` command line: one typer app, one small function per command, grouped by what the person is doing.
 
-setup: init, check-config, identity, doctor; run: run, demo; read: status, devices, export; ports: ports (and
---learn); the emulator's command lives with the emulator (stationd.emulator.command).
+setup: init, check-config, identity, doctor; run: run, demo; read: status, devices, export; inspect: one iPad as it
+is now; ports: ports (and --learn); the emulator's command lives with the emulator (stationd.emulator.command).
 """
 
 from __future__ import annotations
 
 import typer
 
-from stationd.cli import ports, read, run, setup
+from stationd.cli import inspect, ports, read, run, setup
 from stationd.emulator.command import emulator_command
 
 app = typer.Typer(
@@ -25,6 +25,7 @@ app.command("run")(run.run_command)
 app.command("status")(read.status_command)
 app.command("devices")(read.devices_command)
 app.command("export")(read.export_command)
+app.command("inspect")(inspect.inspect_command)
 app.command("ports")(ports.ports_command)
 app.command("doctor")(setup.doctor_command)
 app.command("demo")(run.demo_command)

@@ -1,5 +1,6 @@
 """One paired lockdown connection to one iPad: pairing, facts, name, activation; `mc` is its MCInstall client,
-`apps` its installation_proxy and AFC client, `diagnostics` its diagnostics_relay client.
+`apps` its installation_proxy and AFC client, `diagnostics` its diagnostics_relay client, `console` its syslog_relay
+client.
 
 Every public method raises only `StationError` subclasses (see `translate`).
 """
@@ -23,6 +24,7 @@ from stationd.device import lockdown as connection
 from stationd.device import pairing, translate
 from stationd.device.activation import activate_device
 from stationd.device.apps import Apps
+from stationd.device.console import Console
 from stationd.device.diagnostics import Diagnostics
 from stationd.device.mcinstall import MCInstall
 from stationd.device.translate import ERASE_HINT, Subject
@@ -92,6 +94,7 @@ class DeviceSession:
         identity: SupervisorIdentity | None,
         device_id: int | None = None,
         label: str = "stationd",
+        pair: bool = True,
     ) -> None:
         self.udid = udid
         self.device_id = device_id  # usbmuxd's DeviceID for this attachment, when the watcher reported it
@@ -99,9 +102,11 @@ class DeviceSession:
         self.pair_records = Path(pair_records)
         self.identity = identity
         self.label = label
+        self.may_pair = pair  # False: only an existing pairing is used (read-only callers: `stationd inspect`)
         self.mc = MCInstall(self)
         self.apps = Apps(self)
         self.diagnostics = Diagnostics(self)
+        self.console = Console(self)
         self._lockdown: LockdownClient | None = None
         self._serial: str | None = None
 
@@ -111,6 +116,11 @@ class DeviceSession:
             lockdown = await connection.connect(self.udid, self.device_id, self.address, self.pair_records, self.label)
             try:
                 if not lockdown.paired:
+                    if not self.may_pair:
+                        raise errors.NotTrusted(
+                            f"{self.subject.who} does not trust this station: it holds no pairing with it.",
+                            values=dict(lockdown.all_values or {}),
+                        )
                     await self._pair(lockdown)
             except BaseException:
                 with suppress(Exception):
