@@ -133,3 +133,47 @@ def _cell(value: Any) -> Any:
 
 def to_json(rows: list[dict[str, Any]]) -> str:
     return json.dumps(rows, indent=2) + "\n"
+
+
+# Apple Configurator's "Export Info" columns: the fields its device Info shows (name, serial, UDID, ECID, model,
+# iOS, capacity, Wi-Fi and Bluetooth addresses, battery, supervision, organisation), each headed by the name
+# Configurator's own command line, cfgutil, gives the same property (`cfgutil get`, cfgutil(1) man page, as
+# mirrored at https://gist.github.com/AloPress/1c708593e64472b2e6c26b28d52eeecb). ECID, UDID, deviceType,
+# firmwareVersion, buildVersion and serialNumber, and the ECID written as 0x-hexadecimal, are also confirmed by
+# the University of Utah's aeios, which drives cfgutil (github.com/univ-of-utah-marriott-library-apple/aeios,
+# actools/cfgutil.py and its tests). The GUI's own CSV headings could not be read from a public source.
+CONFIGURATOR_FIELDS: tuple[tuple[str, str], ...] = (
+    ("name", "name"),
+    ("serialNumber", "serial"),
+    ("UDID", "udid"),
+    ("ECID", "ecid"),
+    ("deviceType", "model"),
+    ("firmwareVersion", "ios_version"),
+    ("buildVersion", "build"),
+    ("totalDiskCapacity", "capacity"),
+    ("totalSpaceAvailable", "free"),
+    ("wifiAddress", "wifi_mac"),
+    ("bluetoothAddress", "bluetooth_mac"),
+    ("batteryCurrentCapacity", "battery_level"),
+    ("batteryIsCharging", "charging"),
+    ("isSupervised", "supervised"),
+    ("organizationName", "organization"),
+)
+
+
+def to_configurator(rows: list[dict[str, Any]]) -> str:
+    """The rows as Apple Configurator's Export Info CSV (see CONFIGURATOR_FIELDS)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow([heading for heading, _ in CONFIGURATOR_FIELDS])
+    for row in rows:
+        writer.writerow([_cell(_configurator_value(key, row.get(key))) for _, key in CONFIGURATOR_FIELDS])
+    return out.getvalue()
+
+
+def _configurator_value(key: str, value: Any) -> Any:
+    if key == "ecid" and isinstance(value, int):
+        return f"0x{value:X}"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value

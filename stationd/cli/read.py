@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from stationd.cli.common import CONFIG_OPTION_HELP, error_exit, load_or_exit
-from stationd.export import device_rows, to_csv, to_json
+from stationd.export import device_rows, to_configurator, to_csv, to_json
 from stationd.files import write_private_file
 from stationd.store import StoreError, open_store
 
@@ -78,18 +78,23 @@ def devices_command(
 
 def export_command(
     config: Path | None = typer.Option(None, "--config", help=CONFIG_OPTION_HELP),
-    fmt: str = typer.Option("csv", "--format", help="csv or json."),
+    fmt: str = typer.Option(
+        "csv", "--format", help="csv, json, or configurator (the columns of Apple Configurator's Export Info)."
+    ),
     output: Path | None = typer.Option(None, "--output", "-o", help="Write to this file instead of the screen."),
 ) -> None:
     """Export every iPad (serial, UDID, ECID, model, iOS, Wi-Fi MAC, name, state, times, errors).
 
-    The CSV is what Apple School Manager and MDM imports want: one row per serial.
+    The CSV is what Apple School Manager and MDM imports want: one row per serial. --format configurator writes
+    the columns of Apple Configurator's Export Info (name, serial, UDID, ECID, model, iOS, capacity, Wi-Fi and
+    Bluetooth addresses, battery, supervision, organisation), for sheets and scripts made for Configurator.
 
     Example: stationd export --format csv -o cart-12.csv
     """
-    if fmt not in ("csv", "json"):
-        error_exit(f"--format must be csv or json, not {fmt!r}")
-    text = (to_csv if fmt == "csv" else to_json)(_rows(config))
+    writers = {"csv": to_csv, "json": to_json, "configurator": to_configurator}
+    if fmt not in writers:
+        error_exit(f"--format must be csv, json or configurator, not {fmt!r}")
+    text = writers[fmt](_rows(config))
     if output is None:
         typer.echo(text, nl=False)
     else:
