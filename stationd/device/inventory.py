@@ -19,18 +19,21 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-async def inventory(session: DeviceSession) -> dict[str, Any]:
-    """{"apps", "profiles", "supervised", "organization", "battery_health", "cycle_count"}; None where unknown."""
+async def inventory(session: DeviceSession, *, battery: bool = True) -> dict[str, Any]:
+    """{"apps", "profiles", "supervised", "organization", "battery_health", "cycle_count"}; None where unknown.
+    `battery=False` leaves out health and cycle count (a service connection less), which do not change in a job."""
     apps = await _unless_refused(session.apps.installed())
     profiles = await _unless_refused(session.mc.installed_profiles())
     cloud = await _unless_refused(session.mc.cloud_configuration())
-    battery = await _unless_refused(session.diagnostics.battery()) or {"battery_health": None, "cycle_count": None}
+    health: dict[str, Any] = {}
+    if battery:
+        health = await _unless_refused(session.diagnostics.battery()) or {"battery_health": None, "cycle_count": None}
     return {
         "apps": apps,
         "profiles": profiles,
         "supervised": bool(cloud.get("IsSupervised")) if cloud is not None else None,
         "organization": (cloud.get("OrganizationName") or None) if cloud is not None else None,
-        **battery,
+        **health,
     }
 
 

@@ -260,10 +260,13 @@ async def apps(ctx: StepContext) -> Outcome:
 
 
 async def report(ctx: StepContext) -> Outcome:
-    """What the iPad leaves with (apps, profiles, supervision, battery), read back into its record for the report."""
-    held = await inventory(ctx.session)
+    """What the iPad leaves with (apps, profiles, supervision), read back into its record for the report; battery
+    health is read again only when identify could not read it."""
+    arrived = ctx.job.step_data.get("identify") or {}
+    held = await inventory(ctx.session, battery=arrived.get("battery_health") is None)
     await ctx.record_facts(held)
-    return Outcome({"serial": ctx.facts.serial, "facts": {**ctx.facts.as_dict(), **held}})
+    health = {key: arrived.get(key) for key in ("battery_health", "cycle_count")}
+    return Outcome({"serial": ctx.facts.serial, "facts": {**ctx.facts.as_dict(), **health, **held}})
 
 
 STEP_FUNCTIONS: dict[str, Callable[[StepContext], Awaitable[Outcome]]] = {
