@@ -69,7 +69,9 @@ def test_configurator_export_has_configurators_columns_in_its_order(tmp_path: Pa
 
     async def record() -> None:
         async with open_store(tmp_path / "stationd.db") as store:
-            await store.upsert_device("UDID-1", serial="F9FXK2LQ", ecid=0x1D481C2E300026, name="Lincoln-1", facts=facts)
+            await store.upsert_device(
+                "UDID-1", serial="F9FXK2LQ", ecid=0x1D481C2E300026, name="Lincoln-1", facts=facts, port_label="A1"
+            )
             await store.upsert_device("UDID-2", serial="-2+3", facts={})
 
     anyio.run(record)
@@ -99,5 +101,7 @@ def test_configurator_export_has_configurators_columns_in_its_order(tmp_path: Pa
         "organizationName": "Lincoln School",
     }
     assert second[1] == "'-2+3" and second[3:] == [""] * (len(header) - 3), "unknown facts are empty, never guessed"
+    status = CliRunner().invoke(app, ["status", "--config", str(config)], terminal_width=160)
+    assert "A1" in status.stdout and "87 %" in status.stdout, status.stdout
     wrong = CliRunner().invoke(app, ["export", "--format", "xml", "--config", str(config)])
     assert wrong.exit_code == 2 and "csv, json or configurator" in wrong.stderr

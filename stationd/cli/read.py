@@ -41,7 +41,7 @@ def status_command(
     config: Path | None = typer.Option(None, "--config", help=CONFIG_OPTION_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
-    """Show each port now: which iPad is there, its step, and what needs a hand.
+    """Show each port now: which iPad is there, its charge, its step, and what needs a hand.
 
     Example: stationd status --json
     """
@@ -50,9 +50,13 @@ def status_command(
     if as_json:
         typer.echo(to_json(rows), nl=False)
         return
-    table = Table("port", "serial", "name", "state", "step", "problem")
+    table = Table("port", "serial", "name", "battery", "state", "step", "problem")
     for row in rows:
-        table.add_row(*_cells(row, "port", "serial", "name", "state", "step", "error_message"))
+        port, serial, name, state, step, problem = _cells(
+            row, "port", "serial", "name", "state", "step", "error_message"
+        )
+        battery = "" if row["battery_level"] is None else f"{row['battery_level']} %"
+        table.add_row(port, serial, name, battery, state, step, problem)
     Console().print(table)
     counts = collections.Counter(r["state"] for r in rows)
     typer.echo(", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "no iPads seen yet")
