@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from rig import make_rig
-from test_emulator_services import make_ipa
+from test_emulator_services import make_ipa, zipped
 from typer.testing import CliRunner
 
 from stationd.cli import app
@@ -73,14 +73,6 @@ async def test_an_app_the_ipad_refuses_fails_with_its_reason(tmp_path: Path) -> 
     assert failed.kind == "step.failed" and failed.step == "apps" and failed.data["error_code"] == "app_rejected"
     assert "Future.ipa" in failed.data["error_message"] and "iPadOS 99.0" in failed.data["error_message"]
     assert files == {}, "the staged package is removed from PublicStaging"
-
-
-def zipped(entries: dict[str, bytes]) -> bytes:
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w") as archive:
-        for name, data in entries.items():
-            archive.writestr(name, data)
-    return out.getvalue()
 
 
 def test_check_config_refuses_an_ipa_no_ipad_can_take_and_names_it(tmp_path: Path) -> None:

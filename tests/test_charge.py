@@ -8,15 +8,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from browser import CHROMIUM, CHROMIUM_ARGS
+from browser import dashboard
 from rig import make_rig
 
-from stationd.api import create_app
 from stationd.config import PortsConfig, StepsConfig
 from stationd.emulator import generated_spec
 from stationd.emulator.battery import BatterySpec
 from stationd.emulator.ipad import location_for
-from stationd.httpserve import HTTPServer
 
 # Every text a held tile shows, so the test knows the page showed the level while the iPad was held.
 WATCH_HELD = """
@@ -50,34 +48,20 @@ async def test_an_ipad_below_min_battery_is_held_charges_and_then_goes_through(
             rig.emulator.unplug(spec.udid)
         async with rig.station(steps=steps, ports=PortsConfig(labels=labels)) as station:
             assert station.plan[:3] == ["identify", "charge", "erase"]
-            app = create_app(station)
-            server = HTTPServer(app)
-            url = await server.start()
-            try:
-                async with async_playwright() as playwright:
-                    browser = await playwright.chromium.launch(
-                        executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
-                    )
-                    try:
-                        page = await browser.new_page()
-                        await page.add_init_script(WATCH_HELD)
-                        await page.goto(url + "/")
-                        await page.locator(".connection.live").wait_for(timeout=10_000)
-                        for spec in (low, unpowered):
-                            rig.emulator.plug(spec.udid)
-                        await page.wait_for_function(UNPOWERED_HELD, timeout=20_000)
-                        held = (await ports(url))["Cart A · 2"]
-                        counts = await page.locator(".top").inner_text()
-                        rig.emulator.devices[unpowered.udid].contents.battery.set(rig.emulator.clock(), charging=True)
-                        await page.wait_for_function(BOTH_DONE, timeout=20_000)
-                        finished = await ports(url)
-                        held_texts = await page.evaluate("[...window.heldTexts]")
-                        done_texts = await page.locator(".tile.s-done").all_inner_texts()
-                    finally:
-                        await browser.close()
-            finally:
-                app.state.api.closing.set()
-                await server.stop()
+            async with dashboard(station, async_playwright) as (page, url):
+                await page.add_init_script(WATCH_HELD)
+                await page.goto(url + "/")
+                await page.locator(".connection.live").wait_for(timeout=10_000)
+                for spec in (low, unpowered):
+                    rig.emulator.plug(spec.udid)
+                await page.wait_for_function(UNPOWERED_HELD, timeout=20_000)
+                held = (await ports(url))["Cart A · 2"]
+                counts = await page.locator(".top").inner_text()
+                rig.emulator.devices[unpowered.udid].contents.battery.set(rig.emulator.clock(), charging=True)
+                await page.wait_for_function(BOTH_DONE, timeout=20_000)
+                finished = await ports(url)
+                held_texts = await page.evaluate("[...window.heldTexts]")
+                done_texts = await page.locator(".tile.s-done").all_inner_texts()
             trail = await station.store.list_events(after_id=0, limit=10_000)
         levels = {spec.udid: rig.device(spec.udid)["battery"]["percent"] for spec in (low, unpowered)}
 
