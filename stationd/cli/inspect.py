@@ -50,8 +50,8 @@ def inspect_command(
     organisation, battery, storage, profiles and apps. It changes nothing on the iPad and works whether or not the
     iPad is in a job.
 
-    Without --pair it uses only a pairing the station already holds (every iPad it has prepared): an iPad that
-    does not trust this station is shown from its public values, with what to do.
+    Without --pair it uses only a pairing the station already holds, as it does for every iPad it has prepared.
+    An iPad that does not trust this station is shown from its public values, with what to do.
 
     Examples: stationd inspect F9FXK2ABCD · stationd inspect 00008101-001D079B222D9534 --json --log 50
     """
