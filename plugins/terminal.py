@@ -1,4 +1,4 @@
-"""A live board in the terminal: one row per USB port with its iPad, step, progress, time and error.
+"""A live board in the terminal: one row per USB port with its iPad, charge, step, progress, time and error.
 
 Settings, under [plugins.terminal]:
     force  show the board even when standard output is not a terminal (default false)
@@ -62,6 +62,13 @@ class PortRow:
     started_at: float | None = None
     ended_at: float | None = None
     error: str | None = None
+    battery: str = ""  # the charge the iPad last reported: "64 %", "12 % charging", "12 % not charging"
+
+
+def charge(battery: dict[str, Any]) -> str:
+    charging = battery.get("charging")
+    state = " charging" if charging is True else " not charging" if charging is False else ""
+    return f"{battery.get('level')} %{state}"
 
 
 def elapsed(seconds: float) -> str:
@@ -109,6 +116,8 @@ class Board:
         row.serial = event.serial or row.serial
         row.name = event.data.get("name") or row.name
         kind = event.kind
+        if kind == "device.identified" and event.data.get("battery"):
+            row.battery = charge(event.data["battery"])
         if kind in JOB_KINDS and (row.started_at is None or kind == "job.started"):
             row.started_at, row.ended_at = event.ts, None
         if kind == "job.retried":
@@ -148,7 +157,7 @@ class Board:
                 caption=f"{counts['done']} done · {counts['failed']} failed",
                 expand=True,
             )
-            for column in ("Port", "Status", "Serial", "Name", "Step", "Progress", "Time", "Error"):
+            for column in ("Port", "Status", "Serial", "Name", "Battery", "Step", "Progress", "Time", "Error"):
                 table.add_column(column, overflow="fold", ratio=3 if column == "Error" else None)
             for row in rows:
                 since = elapsed((row.ended_at or now) - row.started_at) if row.started_at is not None else ""
@@ -157,6 +166,7 @@ class Board:
                     row.status,
                     row.serial or "",
                     row.name or "",
+                    row.battery,
                     row.step or "",
                     self.progress(row),
                     since,

@@ -75,6 +75,13 @@ class WaitingForAssignment(Held):
     title = "Waiting for Apple School Manager"
 
 
+class ChargeHeld(Held):
+    """Below `steps.min_battery`: held before anything is done to it, looked at again until it has charged."""
+
+    code = "charging"
+    title = "Charging"
+
+
 class InternalError(StationError):
     """A bug in the station (or a plugin of the pipeline): this iPad stops, every other one carries on."""
 
@@ -85,6 +92,13 @@ class InternalError(StationError):
 class TrustPending(StationError):
     code = "trust_pending"
     title = "Tap Trust on the iPad"
+
+
+class NotTrusted(StationError):
+    """A read-only caller found no pairing and did not pair (which could show the trust dialog)."""
+
+    code = "not_trusted"
+    title = "Does not trust this station"
 
 
 class PairingRefused(StationError):
@@ -175,6 +189,18 @@ class ProfileRejected(StationError):
 class ProfileNotInstalled(StationError):
     code = "profile_not_installed"
     title = "Profile not installed"
+
+
+class AppRejected(StationError):
+    code = "app_rejected"
+    title = "App refused"
+
+
+class AppNotInstalled(StationError):
+    code = "app_not_installed"
+    title = "App not installed"
+    transient = True
+    retries = 1
 
 
 class EnrollmentUnavailable(StationError):

@@ -1,4 +1,6 @@
-"""What `stationd devices`, `status` and `export` show: one flat row per device, like Configurator's "Export info"."""
+"""What `stationd devices`, `status` and `export` show: one flat row per device, like Configurator's "Export info".
+
+Facts the iPad did not report (an old iPadOS, a domain it refused) are empty cells, never guesses."""
 
 from __future__ import annotations
 
@@ -29,6 +31,18 @@ FIELDS = (
     "first_seen",
     "updated_at",
     "finished_at",
+    "bluetooth_mac",
+    "ethernet_mac",
+    "capacity",
+    "free",
+    "battery_level",
+    "charging",
+    "battery_health",
+    "cycle_count",
+    "supervised",
+    "organization",
+    "apps",
+    "profiles",
     "reports",
 )
 
@@ -64,6 +78,18 @@ def row(device: DeviceRecord, job: JobRecord | None) -> dict[str, Any]:
         "first_seen": _iso(device.first_seen),
         "updated_at": _iso(device.updated_at),
         "finished_at": _iso(job.finished_at) if job else None,
+        "bluetooth_mac": facts.get("bluetooth_address"),
+        "ethernet_mac": facts.get("ethernet_address"),
+        "capacity": facts.get("capacity"),
+        "free": facts.get("free"),
+        "battery_level": facts.get("battery_level"),
+        "charging": facts.get("charging"),
+        "battery_health": facts.get("battery_health"),
+        "cycle_count": facts.get("cycle_count"),
+        "supervised": facts.get("supervised"),
+        "organization": facts.get("organization"),
+        "apps": facts.get("apps"),
+        "profiles": facts.get("profiles"),
     }
 
 
@@ -130,6 +156,8 @@ def _cell(value: Any) -> Any:
     name chosen by whoever handled the iPad could run one when the export is opened. Prefixed with ', it is text."""
     if value is None:
         return ""
+    if isinstance(value, list):  # apps ("bundle id version") and profiles, one cell each
+        value = "; ".join(f"{v['bundle_id']} {v['version']}" if isinstance(v, dict) else str(v) for v in value)
     if isinstance(value, str) and value.startswith(FORMULA_STARTS):
         return "'" + value
     return value
@@ -137,3 +165,47 @@ def _cell(value: Any) -> Any:
 
 def to_json(rows: list[dict[str, Any]]) -> str:
     return json.dumps(rows, indent=2) + "\n"
+
+
+# Apple Configurator's "Export Info" columns: the fields its device Info shows (name, serial, UDID, ECID, model,
+# iOS, capacity, Wi-Fi and Bluetooth addresses, battery, supervision, organisation), each headed by the name
+# Configurator's own command line, cfgutil, gives the same property (`cfgutil get`, cfgutil(1) man page, as
+# mirrored at https://gist.github.com/AloPress/1c708593e64472b2e6c26b28d52eeecb). ECID, UDID, deviceType,
+# firmwareVersion, buildVersion and serialNumber, and the ECID written as 0x-hexadecimal, are also confirmed by
+# the University of Utah's aeios, which drives cfgutil (github.com/univ-of-utah-marriott-library-apple/aeios,
+# actools/cfgutil.py and its tests). The GUI's own CSV headings could not be read from a public source.
+CONFIGURATOR_FIELDS: tuple[tuple[str, str], ...] = (
+    ("name", "name"),
+    ("serialNumber", "serial"),
+    ("UDID", "udid"),
+    ("ECID", "ecid"),
+    ("deviceType", "model"),
+    ("firmwareVersion", "ios_version"),
+    ("buildVersion", "build"),
+    ("totalDiskCapacity", "capacity"),
+    ("totalSpaceAvailable", "free"),
+    ("wifiAddress", "wifi_mac"),
+    ("bluetoothAddress", "bluetooth_mac"),
+    ("batteryCurrentCapacity", "battery_level"),
+    ("batteryIsCharging", "charging"),
+    ("isSupervised", "supervised"),
+    ("organizationName", "organization"),
+)
+
+
+def to_configurator(rows: list[dict[str, Any]]) -> str:
+    """The rows as Apple Configurator's Export Info CSV (see CONFIGURATOR_FIELDS)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow([heading for heading, _ in CONFIGURATOR_FIELDS])
+    for row in rows:
+        writer.writerow([_cell(_configurator_value(key, row.get(key))) for _, key in CONFIGURATOR_FIELDS])
+    return out.getvalue()
+
+
+def _configurator_value(key: str, value: Any) -> Any:
+    if key == "ecid" and isinstance(value, int):
+        return f"0x{value:X}"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value

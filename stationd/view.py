@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 from stationd.states import DeviceState, PortStatus
 from stationd.store import Delivery, DeviceRecord, JobRecord
@@ -38,6 +39,14 @@ class PortChange:
     label: str
     status: PortStatus
     previous: PortStatus
+
+
+def battery_of(device: DeviceRecord) -> dict[str, Any] | None:
+    """A port's charge: {"level": percent, "charging": bool or None} as the iPad reported it at its last read (every
+    session, and every look while it is held for charge), or None when it has reported no level."""
+    facts = device.facts or {}
+    level = facts.get("battery_level")
+    return None if level is None else {"level": level, "charging": facts.get("charging")}
 
 
 def status_of(state: str, attached: bool) -> PortStatus:

@@ -5,14 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from browser import CHROMIUM, CHROMIUM_ARGS
+from browser import dashboard
 from rig import make_rig
 
-from stationd.api import create_app
 from stationd.config import PortsConfig
 from stationd.emulator import generated_spec
 from stationd.emulator.ipad import location_for
-from stationd.httpserve import HTTPServer
 
 # Record every status a tile shows, so the test knows the page saw progress live and not only the end.
 WATCH_TILES = """
@@ -38,42 +36,28 @@ async def test_dashboard_follows_a_cart_to_eight_done_and_one_activation_lock(tm
             rig.emulator.unplug(spec.udid)
         async with rig.station(ports=PortsConfig(labels=labels)) as station:
             steps = len(station.plan)
-            app = create_app(station)
-            server = HTTPServer(app)
-            url = await server.start()
-            try:
-                async with async_playwright() as playwright:
-                    browser = await playwright.chromium.launch(
-                        executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
-                    )
-                    try:
-                        page = await browser.new_page(viewport={"width": 1280, "height": 860})
-                        problems: list[str] = []
-                        page.on("pageerror", lambda error: problems.append(str(error)))
-                        page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-                        await page.add_init_script(WATCH_TILES)
-                        await page.goto(url + "/")
-                        await page.locator(".connection.live").wait_for(timeout=10_000)
-                        await page.wait_for_function("() => document.querySelectorAll('.tile.s-empty').length === 10")
+            async with dashboard(station, async_playwright, viewport={"width": 1280, "height": 860}) as (page, url):
+                problems: list[str] = []
+                page.on("pageerror", lambda error: problems.append(str(error)))
+                page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+                await page.add_init_script(WATCH_TILES)
+                await page.goto(url + "/")
+                await page.locator(".connection.live").wait_for(timeout=10_000)
+                await page.wait_for_function("() => document.querySelectorAll('.tile.s-empty').length === 10")
 
-                        for spec in specs:
-                            rig.emulator.plug(spec.udid)
-                        await page.wait_for_function(SETTLED, timeout=LIVE_WAIT_MS)
+                for spec in specs:
+                    rig.emulator.plug(spec.udid)
+                await page.wait_for_function(SETTLED, timeout=LIVE_WAIT_MS)
 
-                        shot = tmp_path / "dashboard.png"
-                        await page.screenshot(path=str(shot), full_page=True, animations="disabled")
-                        seen = await page.evaluate("[...window.seenStatuses].join(' ')")
-                        header = await page.locator(".top").inner_text()
-                        failed = await page.locator(".tile.s-failed").inner_text()
-                        done = await page.locator(".tile.s-done").all_inner_texts()
-                        empty = await page.locator(".tile.s-empty").all_inner_texts()
-                        banner = await page.locator("#banner").inner_text()
-                        page_title = await page.title()
-                    finally:
-                        await browser.close()
-            finally:
-                app.state.api.closing.set()
-                await server.stop()
+                shot = tmp_path / "dashboard.png"
+                await page.screenshot(path=str(shot), full_page=True, animations="disabled")
+                seen = await page.evaluate("[...window.seenStatuses].join(' ')")
+                header = await page.locator(".top").inner_text()
+                failed = await page.locator(".tile.s-failed").inner_text()
+                done = await page.locator(".tile.s-done").all_inner_texts()
+                empty = await page.locator(".tile.s-empty").all_inner_texts()
+                banner = await page.locator("#banner").inner_text()
+                page_title = await page.title()
 
     assert problems == []
     assert "s-busy" in seen or "s-waiting" in seen

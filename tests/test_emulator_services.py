@@ -56,6 +56,15 @@ def make_ipa(bundle_id: str = "org.example.reader", version: str = "2.1", build:
     return out.getvalue()
 
 
+def zipped(files: dict[str, bytes]) -> bytes:
+    """A ZIP archive holding `files` (name: bytes), for packages that are not well-formed apps."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    return out.getvalue()
+
+
 async def until(condition: Any, seconds: float = 10) -> None:
     """Wait for a state the emulator reaches on its own (a stream noticing its client left)."""
     with anyio.fail_after(seconds):
@@ -172,13 +181,7 @@ async def test_install_refuses_a_bad_package(tmp_path: Path, package: bytes, err
 
 
 async def test_install_refuses_a_zip_without_an_app_or_info_plist(tmp_path: Path) -> None:
-    def archive(files: dict[str, bytes]) -> bytes:
-        out = io.BytesIO()
-        with zipfile.ZipFile(out, "w") as z:
-            for name, data in files.items():
-                z.writestr(name, data)
-        return out.getvalue()
-
+    archive = zipped
     device_spec = spec()
     async with running(device_spec) as emulator:
         client = await lockdown(emulator, device_spec.udid, tmp_path)

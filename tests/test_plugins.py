@@ -364,6 +364,8 @@ def board_events() -> list[Event]:
         event(8, "port.changed", **two, data={"status": "failed", "previous": "busy"}),
         event(9, "device.done", **three, data={"name": "Lincoln-F9F333"}),
         event(10, "port.changed", **three, data={"status": "done", "previous": "busy"}),
+        event(11, "device.identified", **one, data={"battery": {"level": 12, "charging": True}}),
+        event(12, "device.identified", **two, data={"battery": {"level": 40, "charging": False}}),
     ]
 
 
@@ -380,6 +382,7 @@ def test_terminal_board_shows_ports_serials_progress_and_errors() -> None:
     lines = {line.split("│")[1].strip(): line for line in text.splitlines() if line.count("│") > 2}
     assert list(lines) == ["Hub A · 1", "Hub A · 2", "Hub A · 3", "Hub B · 1"]
     assert "F9F111" in lines["Hub A · 1"] and "activate" in lines["Hub A · 1"] and "1/3" in lines["Hub A · 1"]
+    assert "12 % charging" in lines["Hub A · 1"] and "40 % not charging" in lines["Hub A · 2"]
     assert "1:02" in lines["Hub A · 1"]
     assert "F9F222" in lines["Hub A · 2"] and "failed" in lines["Hub A · 2"]
     assert "The iPad did not come back" in lines["Hub A · 2"]

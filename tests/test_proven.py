@@ -16,12 +16,14 @@ from typing import Any
 
 import pytest
 from rig import ORG, make_rig, provisioning_problems
+from test_emulator_services import make_ipa
 
-from stationd.config import EnrollmentConfig, ProfilesConfig, TimeoutsConfig
+from stationd.config import AppsConfig, EnrollmentConfig, ProfilesConfig, TimeoutsConfig
 from stationd.emulator import Behaviour, DepAssignment, Fault, Latency, generated_spec
 from stationd.pipeline import steps
 
 EXTRA = "org.example.restrictions"
+READER = ("org.example.reader", "2.1")  # what make_ipa() holds
 OTHER = "Other District"
 # The requests each step makes of the iPad; a lost reply on each (the request takes effect, the answer is lost).
 LOST_REPLIES = [
@@ -35,6 +37,7 @@ LOST_REPLIES = [
     Fault("DownloadAndApplyCloudConfiguration", "drop_reply", 1),
     Fault("StoreProfile", "drop_reply", 1),
     Fault("SetValue", "drop_reply", 1),
+    Fault("Install", "drop_reply", 1),
 ]
 BUSY = [
     Fault("GetCloudConfiguration", "error", 1),
@@ -51,12 +54,14 @@ URL_VARIANTS: dict[str, dict[str, Any]] = {
     "erase_reply_lost": {"behaviour": Behaviour(erase_reply="drop")},
     "busy": {"faults": BUSY},
     "ignores_names": {"behaviour": Behaviour(set_value="ignore")},
+    "ignores_installs": {"behaviour": Behaviour(app_install="ignore")},
     "dep_ours_at_activation": {"activated": False, "dep": "ours", "behaviour": Behaviour(dep_source=0)},
     "dep_elsewhere_at_activation": {"dep": "elsewhere"},
     "dep_elsewhere_on_request": {"dep": "elsewhere", "behaviour": Behaviour(dep_fetch="request")},
 }
 URL_ALLOWED_FAILURES = {
     "ignores_names": {"name_not_applied"},
+    "ignores_installs": {"app_not_installed"},
     "dep_elsewhere_at_activation": {"dep_assigned_elsewhere"},
 }
 DEP_VARIANTS: dict[str, dict[str, Any]] = {
@@ -131,7 +136,12 @@ async def run_matrix(tmp: Path, variants: dict[str, dict[str, Any]], mode: str =
                 rig.emulator.unplug(event.udid)
                 rig.emulator.plug(event.udid)
 
-        sections: dict[str, Any] = {"profiles": ProfilesConfig(extra=(extra_profile(tmp),))}
+        (tmp / "Reader.ipa").write_bytes(make_ipa())
+        sections: dict[str, Any] = {
+            "profiles": ProfilesConfig(extra=(extra_profile(tmp),)),
+            "apps": AppsConfig(install=(tmp / "Reader.ipa",)),
+            "steps": dataclasses.replace(rig.config.steps, min_battery=30),  # the iPads hold 80 %: a charge step
+        }
         if mode == "dep":
             sections["enrollment"] = EnrollmentConfig(mode="dep")
         finals = await rig.run_until_settled([spec.udid for spec in specs], on_event=on_event, timeout=240, **sections)
@@ -144,15 +154,15 @@ async def run_matrix(tmp: Path, variants: dict[str, dict[str, Any]], mode: str =
 @pytest.mark.anyio
 async def test_url_mode_every_variant_interrupted_at_every_step_ends_provisioned_or_named(tmp_path: Path) -> None:
     made, seen = await run_matrix(tmp_path, URL_VARIANTS)
-    assert {"identify", "erase", "activate", "supervise", "wifi", "profiles", "enroll", "name", "report"} <= seen[
-        "unplugged"
-    ]
+    steps = {"identify", "charge", "erase", "activate", "supervise", "wifi", "profiles", "apps", "enroll", "name"}
+    assert steps | {"report"} <= seen["unplugged"]
     for variant, interruption, spec in made:
         final, state = seen["finals"][spec.udid], seen["states"][spec.udid]
         where = f"{variant}/{interruption}"
         assert state["erase_count"] == 1, where
         if final.kind == "device.done":
             assert seen["problems"][spec.udid] == [], where
+            assert READER in [(a["bundle_id"], a["version"]) for a in state["apps"]], where
         else:
             assert final.data["error_code"] in URL_ALLOWED_FAILURES.get(variant, set()), (where, final.data)
         if variant in URL_ALLOWED_FAILURES:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from stationd.errors import title
 from stationd.states import JobStatus, PortStatus
 from stationd.store import DeviceRecord, JobRecord
+from stationd.view import battery_of
 
 if TYPE_CHECKING:
     from stationd.station import Station
@@ -67,6 +68,8 @@ def device_view(device: DeviceRecord, job: JobRecord | None, station: Station, n
         "port": station.config.ports.label(device.location_id),
         "location_id": device.location_id,
         "attached": station.attached(device.udid),
+        "battery": battery_of(device),
+        "storage": {"capacity": facts.get("capacity"), "free": facts.get("free")},
         "first_seen": device.first_seen,
         "updated_at": device.updated_at,
         "job": job_view(job, station.plan, now),
@@ -119,11 +122,13 @@ def _empty_port(label: str, location: int | None, plan: list[str]) -> dict[str, 
         "error_title": None,
         "error_message": None,
         "reports": {},
+        "battery": None,
     }
 
 
 def _occupied(device: DeviceRecord, status: str, job: JobRecord | None, plan: list[str], now: float) -> dict[str, Any]:
     view: dict[str, Any] = {"status": status, "device": device_summary(device), "step": device.step}
+    view["battery"] = battery_of(device)
     view["restarting"] = status == PortStatus.WAITING and _erasing(job)
     summary = job_view(job, plan, now)
     if summary is not None:

@@ -1,15 +1,15 @@
 """The `stationd` command line: one typer app, one small function per command, grouped by what the person is doing.
 
-setup: init, check-config, identity, doctor; run: run, demo; read: status, devices, export; reports: the outbox;
-asm: Apple School/Business Manager by hand; ports: ports (and --learn); the emulator's command lives with the
-emulator (stationd.emulator.command).
+setup: init, check-config, identity, doctor; run: run, demo; read: status, devices, export; inspect: one iPad as it
+is now; reports: the outbox; asm: Apple School/Business Manager by hand; ports: ports (and --learn); the emulator's
+command lives with the emulator (stationd.emulator.command).
 """
 
 from __future__ import annotations
 
 import typer
 
-from stationd.cli import asm, ports, read, reports, run, setup
+from stationd.cli import asm, inspect, ports, read, reports, run, setup
 from stationd.emulator.command import emulator_command
 
 app = typer.Typer(
@@ -28,6 +28,7 @@ app.command("devices")(read.devices_command)
 app.command("export")(read.export_command)
 app.command("reports")(reports.reports_command)
 app.add_typer(asm.asm_app, name="asm")
+app.command("inspect")(inspect.inspect_command)
 app.command("ports")(ports.ports_command)
 app.command("doctor")(setup.doctor_command)
 app.command("demo")(run.demo_command)

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from stationd.cli.common import CONFIG_OPTION_HELP, error_exit, load_or_exit
-from stationd.export import device_rows, to_csv, to_json, to_serials
+from stationd.export import device_rows, to_configurator, to_csv, to_json, to_serials
 from stationd.files import write_private_file
 from stationd.pipeline.plan import STEPS
 from stationd.states import DeviceState
@@ -43,7 +43,7 @@ def status_command(
     config: Path | None = typer.Option(None, "--config", help=CONFIG_OPTION_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
-    """Show each port now: which iPad is there, its step, and what needs a hand.
+    """Show each port now: which iPad is there, its charge, its step, and what needs a hand.
 
     Example: stationd status --json
     """
@@ -52,9 +52,13 @@ def status_command(
     if as_json:
         typer.echo(to_json(rows), nl=False)
         return
-    table = Table("port", "serial", "name", "state", "step", "problem")
+    table = Table("port", "serial", "name", "battery", "state", "step", "problem")
     for row in rows:
-        table.add_row(*_cells(row, "port", "serial", "name", "state", "step", "error_message"))
+        port, serial, name, state, step, problem = _cells(
+            row, "port", "serial", "name", "state", "step", "error_message"
+        )
+        battery = "" if row["battery_level"] is None else f"{row['battery_level']} %"
+        table.add_row(port, serial, name, battery, state, step, problem)
     Console().print(table)
     counts = collections.Counter(r["state"] for r in rows)
     typer.echo(", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "no iPads seen yet")
@@ -80,7 +84,9 @@ def devices_command(
 
 def export_command(
     config: Path | None = typer.Option(None, "--config", help=CONFIG_OPTION_HELP),
-    fmt: str = typer.Option("csv", "--format", help="csv or json."),
+    fmt: str = typer.Option(
+        "csv", "--format", help="csv, json, or configurator (the columns of Apple Configurator's Export Info)."
+    ),
     output: Path | None = typer.Option(None, "--output", "-o", help="Write to this file instead of the screen."),
     serials_only: bool = typer.Option(
         False,
@@ -95,18 +101,23 @@ def export_command(
     """Export every iPad (serial, UDID, ECID, model, iOS, Wi-Fi MAC, name, state, times, errors, and how each
     reporter took it: asm, jamf, ... done, pending or failed with the reason).
 
+    The CSV is what Apple School Manager and MDM imports want: one row per serial. --format configurator writes
+    the columns of Apple Configurator's Export Info (name, serial, UDID, ECID, model, iOS, capacity, Wi-Fi and
+    Bluetooth addresses, battery, supervision, organisation), for sheets and scripts made for Configurator.
+
     Examples: stationd export --format csv -o cart-12.csv;
     stationd export --serials-only --state failed -o release.csv (for the previous owner to release).
     """
-    if fmt not in ("csv", "json"):
-        error_exit(f"--format must be csv or json, not {fmt!r}")
+    writers = {"csv": to_csv, "json": to_json, "configurator": to_configurator}
+    if fmt not in writers:
+        error_exit(f"--format must be csv, json or configurator, not {fmt!r}")
     rows = _rows(config)
     if state is not None:
         known = [*DeviceState, *STEPS]
         if state.strip().lower() not in known:
             error_exit(f"--state must be one of {', '.join(known)}, not {state!r}")
         rows = [r for r in rows if r["state"] == state.strip().lower()]
-    text = to_serials(rows) if serials_only else (to_csv if fmt == "csv" else to_json)(rows)
+    text = to_serials(rows) if serials_only else writers[fmt](rows)
     if output is None:
         typer.echo(text, nl=False)
     else:

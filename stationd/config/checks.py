@@ -11,6 +11,7 @@ from typing import Any
 
 from stationd.config.model import KNOWN_SETUP_PANES, Config
 from stationd.identity import IdentityError, load_identity
+from stationd.ipa import IpaInvalid, read_package
 from stationd.outbound import plain_http_warning
 from stationd.profiles import WIFI_PAYLOAD_TYPE, ProfileInvalid, payload_types, validate_profile
 from stationd.redact import is_secret_key, redact, redact_url
@@ -27,6 +28,8 @@ def check_config(config: Config) -> list[str]:
         problems.extend(_profile_problems("wifi.profile", config.wifi.profile, need=WIFI_PAYLOAD_TYPE))
     for profile in config.profiles.extra:
         problems.extend(_profile_problems("profiles.extra", profile))
+    for package in config.apps.install:
+        problems.extend(_app_problems(package))
     if config.source is not None:
         problems.extend(_exposed_secrets(config.source, _secrets_held(config)))
     for key, url in (
@@ -71,6 +74,19 @@ def _profile_problems(key: str, path: Path, need: str | None = None) -> list[str
         return [f"error: {key}: {error}"]
     if need is not None and need not in payload_types(profile):
         return [f"error: {key}: {path} holds no Wi-Fi payload ({need})"]
+    return []
+
+
+def _app_problems(path: Path) -> list[str]:
+    try:
+        package = read_package(path)
+    except IpaInvalid as error:
+        return [f"error: apps.install: {error}"]
+    if package.app_store:
+        return [
+            f"warning: apps.install: {path} was downloaded from the App Store ({package.bundle_id}); an iPad installs "
+            "only custom and in-house apps from the station: give App Store apps through the MDM (Apps and Books)"
+        ]
     return []
 
 

@@ -145,6 +145,8 @@ class StepsConfig:
     skip_setup: tuple[str, ...] = DEFAULT_SKIP_SETUP
     language: str = "en"
     region: str = "US"
+    min_battery: int = 0  # percent an iPad needs before anything is done to it (its erase first); 0: no charge gate
+    charge_recheck: float = 60.0  # seconds between two looks at the charge of an iPad held below min_battery
 
 
 @dataclass(frozen=True)
@@ -183,6 +185,13 @@ class ProfilesConfig:
 
 
 @dataclass(frozen=True)
+class AppsConfig:
+    """[apps]: custom and in-house .ipa files installed on every iPad (App Store apps come from the MDM)."""
+
+    install: tuple[Path, ...] = ()
+
+
+@dataclass(frozen=True)
 class NamingConfig:
     """[naming]: the name each iPad gets."""
 
@@ -218,6 +227,7 @@ class TimeoutsConfig:
     """[timeouts]: seconds allowed per step, and how often a failed step is retried."""
 
     identify: float = 60
+    charge: float = 60
     assignment: float = 60
     erase: float = 900
     erase_start: float = 60
@@ -225,6 +235,7 @@ class TimeoutsConfig:
     supervise: float = 120
     wifi: float = 120
     profiles: float = 120
+    apps: float = 900
     enroll: float = 300
     name: float = 60
     report: float = 60
@@ -275,6 +286,7 @@ class Config:
     wifi: WifiConfig | None = None
     enrollment: EnrollmentConfig = field(default_factory=EnrollmentConfig)
     profiles: ProfilesConfig = field(default_factory=ProfilesConfig)
+    apps: AppsConfig = field(default_factory=AppsConfig)
     naming: NamingConfig = field(default_factory=NamingConfig)
     activation: ActivationConfig = field(default_factory=ActivationConfig)
     timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)
@@ -291,6 +303,7 @@ SECTIONS: dict[str, type] = {
     "wifi": WifiConfig,
     "enrollment": EnrollmentConfig,
     "profiles": ProfilesConfig,
+    "apps": AppsConfig,
     "naming": NamingConfig,
     "activation": ActivationConfig,
     "timeouts": TimeoutsConfig,

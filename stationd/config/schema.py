@@ -36,6 +36,10 @@ MAX_STEP_SECONDS = 24 * 3600.0
 MAX_RETRIES = 20
 MAX_CONCURRENCY = 256
 MAX_PLUGIN_SECONDS = 300.0
+# A held iPad is looked at again this often: a session each time, so not more than once a second per iPad; an iPad
+# gains about 1 % a minute on a good port, so more than an hour apart would leave a charged iPad waiting.
+MIN_CHARGE_RECHECK = 1.0
+MAX_CHARGE_RECHECK = 3600.0
 
 
 def schema(base: Path) -> dict[str, dict[str, Converter]]:
@@ -50,7 +54,15 @@ def schema(base: Path) -> dict[str, dict[str, Converter]]:
             "pair_records": path(base),
         },
         "organization": {"name": text, "identity": path(base)},
-        "steps": {"erase": boolean, "activate": boolean, "skip_setup": texts, "language": text, "region": text},
+        "steps": {
+            "erase": boolean,
+            "activate": boolean,
+            "skip_setup": texts,
+            "language": text,
+            "region": text,
+            "min_battery": whole(0, 100, what="a battery percentage"),
+            "charge_recheck": seconds(MIN_CHARGE_RECHECK, MAX_CHARGE_RECHECK),
+        },
         "wifi": {
             "ssid": text,
             "security": choice(WIFI_SECURITY),
@@ -61,6 +73,7 @@ def schema(base: Path) -> dict[str, dict[str, Converter]]:
         },
         "enrollment": {"mode": choice(ENROLLMENT_MODES), "url": url, "dep_url": url, "hold_until_assigned": boolean},
         "profiles": {"extra": paths(base)},
+        "apps": {"install": paths(base)},
         "naming": {"pattern": pattern},
         "activation": {"url": url},
         "timeouts": {item.name: _timeout(item.name) for item in fields(TimeoutsConfig)},

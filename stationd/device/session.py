@@ -1,4 +1,6 @@
-"""One paired lockdown connection to one iPad: pairing, facts, name, activation; `mc` is its MCInstall client.
+"""One paired lockdown connection to one iPad: pairing, facts, name, activation; `mc` is its MCInstall client,
+`apps` its installation_proxy and AFC client, `diagnostics` its diagnostics_relay client, `console` its syslog_relay
+client.
 
 Every public method raises only `StationError` subclasses (see `translate`).
 """
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
+from pymobiledevice3 import exceptions as pmd
 from pymobiledevice3 import usbmux
 from pymobiledevice3.lockdown import LockdownClient
 
@@ -20,11 +23,16 @@ from stationd import errors
 from stationd.device import lockdown as connection
 from stationd.device import pairing, translate
 from stationd.device.activation import activate_device
+from stationd.device.apps import Apps
+from stationd.device.console import Console
+from stationd.device.diagnostics import Diagnostics
 from stationd.device.mcinstall import MCInstall
 from stationd.device.translate import ERASE_HINT, Subject
 from stationd.usbmux.address import UsbmuxAddress, resolve
 
 ACTIVATED = ("Activated", "FactoryActivated")
+DISK_USAGE = "com.apple.disk_usage"
+BATTERY = "com.apple.mobile.battery"
 
 
 class SupervisorIdentity(Protocol):
@@ -57,6 +65,12 @@ class DeviceFacts:
     wifi_address: str | None
     hardware_model: str | None
     activation_state: str
+    bluetooth_address: str | None = None
+    ethernet_address: str | None = None
+    capacity: int | None = None  # bytes (TotalDiskCapacity)
+    free: int | None = None  # bytes the iPad offers for apps and files (AmountDataAvailable)
+    battery_level: int | None = None  # percent
+    charging: bool | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-safe form, for the store."""
@@ -80,6 +94,7 @@ class DeviceSession:
         identity: SupervisorIdentity | None,
         device_id: int | None = None,
         label: str = "stationd",
+        pair: bool = True,
     ) -> None:
         self.udid = udid
         self.device_id = device_id  # usbmuxd's DeviceID for this attachment, when the watcher reported it
@@ -87,7 +102,11 @@ class DeviceSession:
         self.pair_records = Path(pair_records)
         self.identity = identity
         self.label = label
+        self.may_pair = pair  # False: only an existing pairing is used (read-only callers: `stationd inspect`)
         self.mc = MCInstall(self)
+        self.apps = Apps(self)
+        self.diagnostics = Diagnostics(self)
+        self.console = Console(self)
         self._lockdown: LockdownClient | None = None
         self._serial: str | None = None
 
@@ -97,6 +116,11 @@ class DeviceSession:
             lockdown = await connection.connect(self.udid, self.device_id, self.address, self.pair_records, self.label)
             try:
                 if not lockdown.paired:
+                    if not self.may_pair:
+                        raise errors.NotTrusted(
+                            f"{self.subject.who} does not trust this station: it holds no pairing with it.",
+                            values=dict(lockdown.all_values or {}),
+                        )
                     await self._pair(lockdown)
             except BaseException:
                 with suppress(Exception):
@@ -174,9 +198,13 @@ class DeviceSession:
 
     # -- lockdown -------------------------------------------------------------------------------------------------
     async def facts(self) -> DeviceFacts:
+        """Identity, addresses, storage and charge: lockdownd's default, disk-usage and battery domains (three
+        requests on the session's connection). A domain the iPad refuses leaves its facts unknown."""
         async with self.guard("read its details"):
             values = await self.lockdown.get_value()
             self._serial = values.get("SerialNumber") or self._serial
+            disk = await self._domain(DISK_USAGE)
+            battery = await self._domain(BATTERY)
             return DeviceFacts(
                 udid=str(values.get("UniqueDeviceID") or self.udid),
                 serial=str(values.get("SerialNumber") or ""),
@@ -189,7 +217,21 @@ class DeviceSession:
                 wifi_address=values.get("WiFiAddress"),
                 hardware_model=values.get("HardwareModel"),
                 activation_state=str(values.get("ActivationState") or ""),
+                bluetooth_address=_text(values.get("BluetoothAddress")),
+                ethernet_address=_text(values.get("EthernetAddress")),
+                capacity=_whole(disk.get("TotalDiskCapacity")),
+                free=_whole(disk.get("AmountDataAvailable", disk.get("TotalDataAvailable"))),
+                battery_level=_whole(battery.get("BatteryCurrentCapacity")),
+                charging=_flag(battery.get("BatteryIsCharging")),
             )
+
+    async def _domain(self, name: str) -> dict[str, Any]:
+        """A lockdownd domain's values; {} when the iPad refuses it (GetProhibited, MissingValue, ...)."""
+        try:
+            values = await self.lockdown.get_value(domain=name)
+        except (pmd.GetProhibitedError, pmd.MissingValueError):
+            return {}
+        return values if isinstance(values, dict) else {}
 
     async def activation_state(self) -> str:
         async with self.guard("report its activation state"):
@@ -259,3 +301,16 @@ async def pairing_known(
     if reply.get("SessionID"):
         return True
     raise translate.refused(subject, "start a session", str(reply.get("Error") or "no session id"))
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _whole(value: Any) -> int | None:
+    """A count the iPad reports (bytes, percent), or None when it reports none."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _flag(value: Any) -> bool | None:
+    return value if isinstance(value, bool) else None

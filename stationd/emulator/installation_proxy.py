@@ -119,6 +119,8 @@ class InstallationProxyConnection(DeviceService):
             )
             return refused.reply()
         await self._progress(INSTALL_STAGES[2:])
+        if self.device.spec.behaviour.app_install == "ignore":
+            return {"Status": "Complete"}
         contents.install(app)
         contents.console.log(
             Line("installd", f"Installed {app.bundle_id} version {app.version} ({app.build})", pid=INSTALLD_PID)

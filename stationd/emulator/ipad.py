@@ -65,6 +65,7 @@ class Behaviour:
     )
     dep_source: int = 1  # ConfigurationSource of a DEP configuration: 1 or 0
     set_value: str = "apply"  # SetValue DeviceName: apply, or ignore (acknowledge and keep the old name)
+    app_install: str = "apply"  # installation_proxy Install: apply, or ignore (answer Complete, install nothing)
 
     CHOICES = {
         "erase_reply": ("ack", "drop"),
@@ -73,6 +74,7 @@ class Behaviour:
         "dep_unassigned": ("error", "silent"),
         "dep_source": (1, 0),
         "set_value": ("apply", "ignore"),
+        "app_install": ("apply", "ignore"),
     }
 
     def __post_init__(self) -> None:

@@ -47,7 +47,8 @@ class JobLog:
         )
 
     async def identified(self, udid: str, facts: dict[str, Any], location_id: int | None, label: str | None) -> None:
-        """What the iPad said about itself; its "device.identified" event carries no secret."""
+        """What the iPad said about itself; its "device.identified" event carries no secret, only its charge (for
+        the boards that follow the trail)."""
         device = await self.store.upsert_device(
             udid,
             serial=facts.get("serial"),
@@ -56,7 +57,13 @@ class JobLog:
             location_id=location_id,
             port_label=label,
         )
-        event = await self.store.add_event("device.identified", station_id=self.station_id, udid=udid)
+        charge = {"level": facts.get("battery_level"), "charging": facts.get("charging")}
+        event = await self.store.add_event(
+            "device.identified",
+            station_id=self.station_id,
+            udid=udid,
+            data={"battery": charge} if "battery_level" in facts else None,
+        )
         await self.on_record(device, None, [event])
 
     async def job_for(self, udid: str) -> JobRecord | None:

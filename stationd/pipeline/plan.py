@@ -5,7 +5,20 @@ from __future__ import annotations
 from stationd.config import Config
 from stationd.errors import ConfigurationError
 
-STEPS = ("identify", "assignment", "erase", "activate", "supervise", "wifi", "profiles", "enroll", "name", "report")
+STEPS = (
+    "identify",
+    "charge",
+    "assignment",
+    "erase",
+    "activate",
+    "supervise",
+    "wifi",
+    "profiles",
+    "apps",
+    "enroll",
+    "name",
+    "report",
+)
 
 
 def plan(config: Config) -> list[str]:
@@ -21,6 +34,8 @@ def plan(config: Config) -> list[str]:
             'enrollment.mode = "dep" needs a [wifi] section: the iPad must reach Apple to fetch its configuration.'
         )
     steps = ["identify"]
+    if config.steps.min_battery:
+        steps.append("charge")  # before any erase: an iPad that runs flat mid-setup stalls half prepared
     if mode == "dep" and config.enrollment.hold_until_assigned:
         steps.append("assignment")  # before the erase: an unassigned iPad waits, not erased into no configuration
     if config.steps.erase:
@@ -28,15 +43,17 @@ def plan(config: Config) -> list[str]:
     if config.steps.activate:
         steps.append("activate")
     if mode == "dep":
-        steps += ["wifi", "enroll", "profiles"]
+        steps += ["wifi", "enroll", "profiles", "apps"]
     else:
         steps.append("supervise")
         if config.wifi is not None:
             steps.append("wifi")
-        steps.append("profiles")
+        steps += ["profiles", "apps"]
         if mode == "url":
             steps.append("enroll")
     steps += ["name", "report"]
     if not config.profiles.extra:
         steps.remove("profiles")
+    if not config.apps.install:
+        steps.remove("apps")
     return steps

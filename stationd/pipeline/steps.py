@@ -12,13 +12,17 @@ import httpx
 
 from stationd import outbound
 from stationd.device import SessionOpener
+from stationd.device.inventory import inventory
 from stationd.errors import (
+    AppNotInstalled,
+    ChargeHeld,
     ConfigurationError,
     EnrollmentInvalid,
     EnrollmentUnavailable,
     EraseNotStarted,
     WaitingForAssignment,
 )
+from stationd.ipa import IpaInvalid, read_package
 from stationd.pipeline import verdicts
 from stationd.profiles import ProfileInvalid, payload_types, validate_profile
 from stationd.redact import redact_url
@@ -40,8 +44,33 @@ class Outcome:
 
 
 async def identify(ctx: StepContext) -> Outcome:
+    """What the iPad is (read at every session) and what it arrived with: apps, profiles, supervision, battery
+    health. The arrival inventory stays in the job; the device record keeps the latest (the report step's)."""
     facts = ctx.facts
-    return Outcome({"serial": facts.serial, "product_type": facts.product_type, "version": facts.product_version})
+    held = await inventory(ctx.session)
+    await ctx.record_facts(held)
+    return Outcome(
+        {"serial": facts.serial, "product_type": facts.product_type, "version": facts.product_version, **held}
+    )
+
+
+async def charge(ctx: StepContext) -> Outcome:
+    """Hold an iPad below `steps.min_battery` until it has charged: before its erase, so that none stalls half set
+    up when it runs flat. The level is read afresh at every look (a new session each `steps.charge_recheck`)."""
+    level, minimum = ctx.facts.battery_level, ctx.config.steps.min_battery
+    if level is None:
+        return Outcome({"level": None, "note": "the iPad reports no battery level; not held"})
+    if level >= minimum:
+        return Outcome({"level": level})
+    who = f"iPad {ctx.facts.serial}"
+    if ctx.facts.charging is False:
+        message = (
+            f"Not charging ({level} %): {who} needs {minimum} % before it is set up, and this port gives it too "
+            "little power. Move it to a port that charges (or a powered hub); it goes on by itself."
+        )
+    else:
+        message = f"Charging ({level} %): {who} goes on by itself at {minimum} %."
+    raise ChargeHeld(message, recheck=ctx.config.steps.charge_recheck, level=level)
 
 
 async def erase_proven(sessions: SessionOpener, udid: str, job: JobRecord, device_id: int | None) -> bool:
@@ -229,18 +258,51 @@ async def assignment(ctx: StepContext) -> Outcome:
     )
 
 
+async def apps(ctx: StepContext) -> Outcome:
+    """Install each .ipa of `[apps] install` the iPad does not list in that version, then Browse again: only the
+    iPad listing every one counts."""
+    packages = []
+    for path in ctx.config.apps.install:
+        try:
+            packages.append(read_package(path))
+        except IpaInvalid as e:
+            raise ConfigurationError(f"{e} Fix [apps] install (stationd check-config), then replug the iPad.") from e
+    bundle_ids = [package.bundle_id for package in packages]
+    listed = {app["bundle_id"]: app for app in await ctx.session.apps.installed(bundle_ids)}
+    for package in packages:
+        if not package.matches(listed.get(package.bundle_id)):
+            await ctx.session.apps.install(package.path)
+    listed = {app["bundle_id"]: app for app in await ctx.session.apps.installed(bundle_ids)}
+    missing = [package for package in packages if not package.matches(listed.get(package.bundle_id))]
+    if missing:
+        names = ", ".join(f"{p.bundle_id} {p.version} ({p.build})" for p in missing)
+        raise AppNotInstalled(
+            f"iPad {ctx.facts.serial} accepted {names} but does not list it as installed: replug it to try again."
+        )
+    installed = [{"bundle_id": p.bundle_id, "version": p.version, "build": p.build} for p in packages]
+    return Outcome({"installed": installed})
+
+
 async def report(ctx: StepContext) -> Outcome:
-    return Outcome({"serial": ctx.facts.serial, "facts": ctx.facts.as_dict()})
+    """What the iPad leaves with (apps, profiles, supervision), read back into its record for the report; battery
+    health is read again only when identify could not read it."""
+    arrived = ctx.job.step_data.get("identify") or {}
+    held = await inventory(ctx.session, battery=arrived.get("battery_health") is None)
+    await ctx.record_facts(held)
+    health = {key: arrived.get(key) for key in ("battery_health", "cycle_count")}
+    return Outcome({"serial": ctx.facts.serial, "facts": {**ctx.facts.as_dict(), **health, **held}})
 
 
 STEP_FUNCTIONS: dict[str, Callable[[StepContext], Awaitable[Outcome]]] = {
     "identify": identify,
     "assignment": assignment,
+    "charge": charge,
     "erase": erase,
     "activate": activate,
     "supervise": supervise,
     "wifi": wifi,
     "profiles": profiles,
+    "apps": apps,
     "enroll": enroll,
     "name": name,
     "report": report,

@@ -75,6 +75,10 @@ class StepContext:
         """Persist step data before acting on it (write-ahead), e.g. that an erase is about to be sent."""
         self.job = await self.pipeline.jobs.checkpoint(self.udid, self.job, step, data)
 
+    async def record_facts(self, facts: dict[str, Any]) -> None:
+        """Merge what a step read from the iPad into its device record (on the trail, as device.identified)."""
+        await self.pipeline.jobs.identified(self.udid, facts, None, None)
+
     async def number(self, step: str, counter: str) -> int:
         """This job's number from the station's counter `counter` (kept in the job: a retry keeps it)."""
         value, self.job = await self.pipeline.jobs.number(self.udid, self.job, step, counter)
@@ -100,6 +104,7 @@ class DeviceWorker:
         self.deadline: float | None = None  # when an erased device must be back
         self.running_step = "identify"
         self.recheck = 0.0  # when held: seconds until the step is tried again
+        self.held_step: str | None = None  # the step a hold is on: looked at again without a step.started
         self.log = log.bind(udid=udid)
 
     # -- signals from the USB watcher and the operator ------------------------------------------------------------
@@ -210,12 +215,12 @@ class DeviceWorker:
                     error_message=str(held),
                 )
                 self.log.info("step.held", step=self.running_step, reason=held.code)
-                self.recheck = held.recheck
+                self.recheck, self.held_step = held.recheck, self.running_step
                 return "held"
             except StationError as e:
                 if isinstance(e, DeviceGone):
                     raise
-                error = e
+                error, self.held_step = e, None
             except Exception as e:  # the failure boundary of one iPad; cancellation is a BaseException
                 self.log.exception("step.crashed", step=self.running_step)
                 error = InternalError(
@@ -284,8 +289,9 @@ class DeviceWorker:
                 if step in ctx.job.completed_steps:
                     continue
                 self.running_step = step
-                ctx.job = await jobs.transition(self.udid, ctx.job, "step.started", state=step, step=step)
-                self.log.info("step.started", step=step)
+                if step != self.held_step:  # a held step is looked at again without leaving "held"
+                    ctx.job = await jobs.transition(self.udid, ctx.job, "step.started", state=step, step=step)
+                    self.log.info("step.started", step=step)
                 with _timeout(step, pipeline.timing.step_timeout(step)):
                     outcome: Outcome = await STEP_FUNCTIONS[step](ctx)
                 if outcome.await_reattach:
@@ -293,7 +299,7 @@ class DeviceWorker:
                     await jobs.transition(self.udid, ctx.job, "step.waiting", state=DeviceState.WAITING, step=step)
                     self.log.info("step.waiting", step=step)
                     return "waiting"
-                self.deadline = None
+                self.deadline, self.held_step = None, None
                 ctx.job = await jobs.transition(
                     self.udid,
                     ctx.job,

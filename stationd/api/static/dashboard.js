@@ -4,9 +4,9 @@
 const EVENT_KINDS = [
   "station.started", "station.stopping", "device.attached", "device.detached", "device.done", "device.forgotten",
   "job.started", "job.resumed", "job.retried", "job.interrupted", "step.started", "step.progress",
-  "step.finished", "step.waiting", "step.retrying", "step.failed", "step.interrupted", "port.changed",
-  "batch.done", "operator.retry", "operator.skip", "operator.forget", "step.held", "report.queued", "report.done",
-  "report.retrying", "report.failed",
+  "step.finished", "step.waiting", "step.retrying", "step.failed", "step.interrupted", "step.held", "port.changed",
+  "batch.done", "operator.retry", "operator.skip", "operator.forget", "device.identified", "report.queued",
+  "report.done", "report.retrying", "report.failed",
 ];
 
 const STATUS_WORDS = {
@@ -14,9 +14,9 @@ const STATUS_WORDS = {
 };
 
 const STEP_WORDS = {
-  identify: "Reading the iPad", erase: "Erasing", activate: "Activating", supervise: "Supervising",
-  wifi: "Joining Wi-Fi", profiles: "Installing profiles", enroll: "Enrolling in MDM", name: "Naming",
-  report: "Finishing", assignment: "Checking Apple School Manager",
+  identify: "Reading the iPad", charge: "Checking the charge", erase: "Erasing", activate: "Activating",
+  supervise: "Supervising", wifi: "Joining Wi-Fi", profiles: "Installing profiles", apps: "Installing apps",
+  enroll: "Enrolling in MDM", name: "Naming", report: "Finishing", assignment: "Checking Apple School Manager",
 };
 
 const REPORT_WORDS = { done: "✓", pending: "pending", failed: "failed" };
@@ -30,6 +30,7 @@ const ICONS = {
   empty: [["circle", { cx: 12, cy: 12, r: 9, "stroke-dasharray": "3 3" }]],
 };
 
+const LOW_BATTERY = 20;
 const DEBOUNCE_MS = 150;
 const POLL_MS = 30000;
 const RECONNECT_MS = 3000;
@@ -84,6 +85,7 @@ function createTile() {
   const word = element("span", "word", badge);
   const serial = element("p", "serial", root);
   const name = element("p", "name", root);
+  const battery = element("p", "battery", root);
   const step = element("p", "step", root);
   const reports = element("p", "reports", root);
   const problem = element("div", "problem", root);
@@ -98,7 +100,8 @@ function createTile() {
   const fraction = element("span", "fraction", progress);
   const elapsed = element("span", "elapsed", progress);
   return {
-    root, port, badge, word, serial, name, step, reports, problem, errorTitle, errorMessage, progress, bar, fill,
+    root, port, badge, word, serial, name, battery, step, reports, problem, errorTitle, errorMessage, progress, bar,
+    fill,
     fraction, elapsed, status: null, startedAt: null, finishedAt: null,
   };
 }
@@ -124,6 +127,13 @@ function reportLine(port) {
   return `Reported: ${parts.join(" · ")}`;
 }
 
+// The charge as the iPad last reported it: "Battery 64 % · charging" (or "not charging" on a port without power).
+function batteryLine(battery) {
+  if (!battery) return "";
+  const state = battery.charging === true ? " · charging" : battery.charging === false ? " · not charging" : "";
+  return `Battery ${battery.level} %${state}`;
+}
+
 function fillTile(tile, port) {
   const device = port.device || {};
   if (tile.status !== port.status) {
@@ -136,6 +146,8 @@ function fillTile(tile, port) {
   tile.root.setAttribute("aria-label", `${port.label}: ${STATUS_WORDS[port.status] || port.status}`);
   tile.serial.textContent = device.serial || (port.device ? "Reading serial…" : "");
   tile.name.textContent = [device.name, device.model].filter(Boolean).join(" · ");
+  tile.battery.textContent = port.device ? batteryLine(port.battery) : "";
+  tile.battery.classList.toggle("low", Boolean(port.battery && port.battery.level < LOW_BATTERY));
   tile.step.textContent = stepLine(port);
   tile.reports.textContent = reportLine(port);
   tile.reports.hidden = !tile.reports.textContent;
@@ -165,7 +177,7 @@ function tick(tile) {
 }
 
 function renderCounts(counts) {
-  const busy = counts.busy + counts.waiting;
+  const busy = counts.busy + counts.waiting + counts.held; // a held iPad (charging, ...) is not finished
   $("count-done").textContent = counts.done;
   $("count-busy").textContent = busy;
   $("count-failed").textContent = counts.failed;
