@@ -15,10 +15,10 @@ import anyio
 from stationd.api import serve as serve_api
 from stationd.config import Config
 from stationd.events import EventBus
+from stationd.fleet.storage import store_for
 from stationd.identity import Identity
 from stationd.plugins import PluginHost
 from stationd.station import Station
-from stationd.store import open_store
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ async def assemble(
     the plugins drain the last events (`station.stopping`) before they shut down. Subscribe to `bus` before, to
     see the station's first events."""
     host = PluginHost(config.plugins, config.station.id, ports=config.ports) if plugins else None
-    async with open_store(config.station.database) as store:
+    async with store_for(config, journal=True) as store:
         station = Station(config, store, identity, usbmux_address=usbmux_address, backoff=backoff, bus=bus)
         if host is not None:
             await host.startup()

@@ -67,6 +67,27 @@ class Held(StationError):
         self.recheck = recheck
 
 
+class NotOnWorkList(Held):
+    """[queue] unknown = "hold": an iPad whose serial is not on the work list is not touched."""
+
+    code = "not_on_work_list"
+    title = "Not on the work list"
+
+
+class FleetUnreachable(Held):
+    """The fleet's database cannot be reached: a new iPad waits (iPads already in progress carry on)."""
+
+    code = "fleet_unreachable"
+    title = "Fleet database unreachable"
+
+
+class HeldElsewhere(Held):
+    """The iPad's job runs at another station of the fleet, whose hold on it has not expired."""
+
+    code = "held_elsewhere"
+    title = "In progress at another station"
+
+
 class InternalError(StationError):
     """A bug in the station (or a plugin of the pipeline): this iPad stops, every other one carries on."""
 

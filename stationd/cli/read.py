@@ -14,16 +14,17 @@ from rich.table import Table
 from stationd.cli.common import CONFIG_OPTION_HELP, error_exit, load_or_exit
 from stationd.export import device_rows, to_csv, to_json
 from stationd.files import write_private_file
-from stationd.store import StoreError, open_store
+from stationd.fleet.storage import store_for
+from stationd.store import StoreError
 
 
 def _rows(config: Path | None) -> list[dict[str, Any]]:
     loaded = load_or_exit(config)
-    if not Path(loaded.station.database).exists():
+    if not loaded.store.shared and not Path(loaded.station.database).exists():
         error_exit(f"no database at {loaded.station.database}: the station has not run yet")
 
     async def read() -> list[dict[str, Any]]:
-        async with open_store(loaded.station.database) as store:
+        async with store_for(loaded) as store:
             return await device_rows(store)
 
     try:

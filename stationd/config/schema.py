@@ -24,7 +24,14 @@ from stationd.config.convert import (
     url,
     whole,
 )
-from stationd.config.model import ENROLLMENT_MODES, LOG_FORMATS, NAMING_PLACEHOLDERS, NamingConfig, TimeoutsConfig
+from stationd.config.model import (
+    ENROLLMENT_MODES,
+    LOG_FORMATS,
+    NAMING_PLACEHOLDERS,
+    UNKNOWN_POLICIES,
+    NamingConfig,
+    TimeoutsConfig,
+)
 from stationd.httpserve import is_loopback
 from stationd.profiles import WIFI_SECURITY
 from stationd.usbmux import address as usbmux_address
@@ -36,6 +43,10 @@ MAX_STEP_SECONDS = 24 * 3600.0
 MAX_RETRIES = 20
 MAX_CONCURRENCY = 256
 MAX_PLUGIN_SECONDS = 300.0
+MIN_LEASE = 1.0
+MAX_LEASE = 3600.0
+MAX_POOL = 64
+_FLEET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,62}")
 
 
 def schema(base: Path) -> dict[str, dict[str, Converter]]:
@@ -66,6 +77,24 @@ def schema(base: Path) -> dict[str, dict[str, Converter]]:
         "timeouts": {item.name: _timeout(item.name) for item in fields(TimeoutsConfig)},
         "api": {"listen": listen_address, "token": api_token, "hosts": host_names, "proxies": addresses},
         "plugins": {"enabled": texts, "timeout": seconds(0, MAX_PLUGIN_SECONDS)},
+        "store": {
+            "url": database_url,
+            "password_file": path(base),
+            "lease": seconds(MIN_LEASE, MAX_LEASE),
+            "pool": whole(1, MAX_POOL),
+            "timeout": seconds(0.5, 120.0),
+            "poll": seconds(0.05, 600.0),
+            "journal": path(base),
+        },
+        "fleet": {
+            "name": fleet_name,
+            "advertise": boolean,
+            "interfaces": addresses,
+            "secret_file": path(base),
+            "blueprint": fleet_name,
+            "heartbeat": seconds(0.05, 300.0),
+        },
+        "queue": {"unknown": choice(UNKNOWN_POLICIES)},
     }
 
 
@@ -130,6 +159,25 @@ def addresses(value: Any) -> tuple[str, ...]:
                 message=f"{toml_string(address)} is not an IP address or network", example='["127.0.0.1"]'
             ) from None
     return found
+
+
+def database_url(value: Any) -> str:
+    """The fleet's PostgreSQL database, as a URL."""
+    example = '"postgresql://station@db.school.example/stationd?sslmode=verify-full"'
+    if not isinstance(value, str) or value.partition("://")[0].lower() not in ("postgresql", "postgres"):
+        raise Invalid("a PostgreSQL URL starting with postgresql://", value, example=example)
+    if not value.partition("://")[2].strip("/"):
+        raise Invalid(message="the URL names no server: write postgresql://USER@HOST/DATABASE", example=example)
+    return value
+
+
+def fleet_name(value: Any) -> str:
+    """A short name (fleets and blueprints): letters, digits, spaces, dots, dashes, underscores."""
+    if not isinstance(value, str) or not _FLEET_NAME.fullmatch(value):
+        raise Invalid(
+            "a name of letters, digits, spaces, dots, dashes or underscores (at most 63)", value, example='"district-3"'
+        )
+    return value
 
 
 def usbmuxd(value: Any) -> str:

@@ -26,7 +26,7 @@ from stationd.pipeline.joblog import JobLog
 from stationd.pipeline.steps import STEP_FUNCTIONS, Outcome, erase_proven
 from stationd.pipeline.timing import Timing
 from stationd.states import DeviceState, JobStatus
-from stationd.store import JobRecord
+from stationd.store import JobRecord, LeaseLost
 
 log = structlog.get_logger("stationd.pipeline")
 
@@ -100,6 +100,7 @@ class DeviceWorker:
         self.deadline: float | None = None  # when an erased device must be back
         self.running_step = "identify"
         self.recheck = 0.0  # when held: seconds until the step is tried again
+        self.held = False  # waiting for something outside the station: the station nudges it when that may change
         self.log = log.bind(udid=udid)
 
     # -- signals from the USB watcher and the operator ------------------------------------------------------------
@@ -129,9 +130,17 @@ class DeviceWorker:
                 try:
                     job = await self.jobs.job_for(self.udid)
                     result = "idle" if job is None else await self._attempt(job)
+                except Held as held:  # before any job is this station's: busy elsewhere, fleet unreachable
+                    await self.jobs.held(self.udid, held)
+                    self.log.info("device.held", reason=held.code)
+                    self.recheck, result = held.recheck, "held"
+                except LeaseLost as lost:  # another station took the iPad over: nothing more to do here
+                    self.log.warning("job.lease_lost", reason=str(lost))
+                    result = "idle"
                 except Exception:  # e.g. the database refused a write: this iPad waits, the others carry on
                     self.log.exception("device.worker_error")
                     result = "failed"
+                self.held = result == "held"
                 if result in ("idle", "done", "failed"):
                     await self.wake.wait()
                 elif result == "waiting":
@@ -216,6 +225,8 @@ class DeviceWorker:
                 if isinstance(e, DeviceGone):
                     raise
                 error = e
+            except LeaseLost:
+                raise
             except Exception as e:  # the failure boundary of one iPad; cancellation is a BaseException
                 self.log.exception("step.crashed", step=self.running_step)
                 error = InternalError(
