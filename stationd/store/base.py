@@ -177,6 +177,11 @@ class Store(ABC):
     async def allocate_counter(self, name: str) -> int:
         """The next number of a named counter (1, 2, ...): never the same number twice, even across restarts."""
 
+    def health(self) -> dict[str, Any]:
+        """Whether the database can be reached now ({"reachable": True, "waiting": 0}); a store that keeps a journal
+        through outages says since when it cannot ("since") and how many writes wait for it ("waiting")."""
+        return {"reachable": True, "waiting": 0}
+
     @abstractmethod
     async def now(self) -> float:
         """The database's clock (seconds since the epoch): one clock for every station of a fleet."""
