@@ -83,13 +83,13 @@ async def device_rows(store: Store) -> list[dict[str, Any]]:
     return rows
 
 
-def to_csv(rows: list[dict[str, Any]]) -> str:
+def to_csv(rows: list[dict[str, Any]], fields: tuple[str, ...] = FIELDS) -> str:
     """The rows as CSV; a text cell a spreadsheet would run as a formula starts with ' instead."""
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=FIELDS, lineterminator="\n")
+    writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: _cell(row.get(k)) for k in FIELDS})
+        writer.writerow({k: _cell(row.get(k)) for k in fields})
     return out.getvalue()
 
 

@@ -17,6 +17,7 @@ from stationd.errors import (
     EnrollmentInvalid,
     EnrollmentUnavailable,
     EraseNotStarted,
+    NotOnWorkList,
 )
 from stationd.pipeline import verdicts
 from stationd.profiles import ProfileInvalid, payload_types, validate_profile
@@ -39,8 +40,24 @@ class Outcome:
 
 
 async def identify(ctx: StepContext) -> Outcome:
+    """What the iPad is, and what the work list says of it (kept in the job: later steps need no database). With
+    [queue] unknown = "hold", an iPad that is not on the list is held, untouched."""
     facts = ctx.facts
-    return Outcome({"serial": facts.serial, "product_type": facts.product_type, "version": facts.product_version})
+    listed = await ctx.pipeline.jobs.work_item(facts.serial)
+    if listed is None and ctx.config.queue.unknown == "hold":
+        raise NotOnWorkList(
+            f"iPad {facts.serial} is not on the work list, so the station leaves it untouched. Add its serial "
+            "(stationd queue import) and it starts by itself, or take it away.",
+            recheck=60.0,
+        )
+    data: dict[str, Any] = {
+        "serial": facts.serial,
+        "product_type": facts.product_type,
+        "version": facts.product_version,
+    }
+    if listed is not None:
+        data["listed"] = {"name": listed.name, "group": listed.group}
+    return Outcome(data)
 
 
 async def erase_proven(sessions: SessionOpener, udid: str, job: JobRecord, device_id: int | None) -> bool:
@@ -193,7 +210,12 @@ async def enroll(ctx: StepContext) -> Outcome:
 
 
 async def name(ctx: StepContext) -> Outcome:
+    """The name from the work list when it gives one, else the pattern's."""
     naming = ctx.config.naming
+    listed = (ctx.job.step_data.get("identify") or {}).get("listed") or {}
+    if listed.get("name"):
+        await ctx.session.set_name(listed["name"])
+        return Outcome({"name": listed["name"], "from": "work list"}, name=listed["name"])
     device_name = naming.device_name(
         org=ctx.config.organization.name,
         serial=ctx.facts.serial,
