@@ -81,7 +81,8 @@ class Cluster:
         options = [f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.folder}"]
         options += [f"-c {name}={value}" for name, value in self.settings.items()]
         log = self.folder / "server.log"
-        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", " ".join(options), "-l", str(log), "-w", "start")
+        pg_ctl = str(self.bin / "pg_ctl")
+        self._run(pg_ctl, "-D", str(self.data), "-o", " ".join(options), "-l", str(log), "-w", "start")
 
     def stop(self, mode: str = "fast") -> None:
         self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")

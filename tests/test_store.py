@@ -487,7 +487,12 @@ async def test_cancelled_caller_leaves_a_usable_consistent_store(store: Store) -
 
     async def finish_erase() -> None:
         await store.record_transition(
-            udid=job.udid, job_id=job.id, station_id=STATION, kind="step.finished", state="erase", completed_step="erase"
+            udid=job.udid,
+            job_id=job.id,
+            station_id=STATION,
+            kind="step.finished",
+            state="erase",
+            completed_step="erase",
         )
 
     async with anyio.create_task_group() as group:

@@ -106,7 +106,8 @@ async def test_notifications_wake_listeners_of_other_stations(pg_url: str) -> No
             group.cancel_scope.cancel()
     kinds = [n["c"] for n in notices]
     assert kinds[0] == "poll" and kinds[-2:] == ["event", "blueprint"]
-    assert notices[-2] | {"seq": 0} == {"c": "event", "station": "cli", "seq": 0, "kind": "queue.imported", "udid": None}
+    expected = {"c": "event", "station": "cli", "seq": 0, "kind": "queue.imported", "udid": None}
+    assert notices[-2] | {"seq": 0} == expected
     assert json.dumps(notices[-1]) == json.dumps({"c": "blueprint", "name": "school", "version": 1})
 
 

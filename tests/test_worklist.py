@@ -25,14 +25,11 @@ def problems(data: bytes) -> list[str]:
 
 
 def test_a_header_with_excels_quoting_a_bom_and_semicolons() -> None:
-    data = (
-        codecs.BOM_UTF8
-        + (
-            "Serial Number;Device Name;Tag;Notes\r\n"
-            'dmpx1234abcd;"Lab; 01";cart A;"said ""fragile"""\r\n'
-            "\r\n"
-            "F9FX0000ZZ;;;\r\n"
-        ).encode()
+    data = codecs.BOM_UTF8 + (
+        b"Serial Number;Device Name;Tag;Notes\r\n"
+        b'dmpx1234abcd;"Lab; 01";cart A;"said ""fragile"""\r\n'
+        b"\r\n"
+        b"F9FX0000ZZ;;;\r\n"
     )
     assert read_worklist(data) == [
         WorkItem("DMPX1234ABCD", name="Lab; 01", group="cart A", notes='said "fragile"'),
