@@ -15,7 +15,8 @@ import anyio
 from stationd.api import serve as serve_api
 from stationd.config import Config
 from stationd.events import EventBus
-from stationd.fleet.storage import store_for
+from stationd.fleet.presence import Presence
+from stationd.fleet.storage import fleet_secret, store_for
 from stationd.identity import Identity
 from stationd.plugins import PluginHost
 from stationd.station import Station
@@ -52,6 +53,9 @@ async def assemble(
                 async with serve_api(station) as url:
                     async with anyio.create_task_group() as running:
                         await running.start(station.run)
+                        if config.fleet is not None:
+                            station.presence = Presence(station, config.fleet, url, fleet_secret(config.fleet))
+                            await running.start(station.presence.run)
                         try:
                             yield Assembly(station, url and url + "/")
                         finally:

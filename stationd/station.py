@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import httpx
@@ -34,6 +34,9 @@ from stationd.states import DeviceState, JobStatus
 from stationd.store import DeviceRecord, EventRecord, JobRecord, Store, StoreError
 from stationd.usbmux import UsbEvent, UsbWatcher, resolve
 from stationd.view import PortChange, StationView
+
+if TYPE_CHECKING:
+    from stationd.fleet.presence import Presence
 
 log = structlog.get_logger("stationd.station")
 
@@ -77,6 +80,7 @@ class Station:
         self._unpublished = anyio.Event()  # the store says this station's trail grew (another process wrote it)
         self._tasks: TaskGroup | None = None
         self.notice_listeners: list[Callable[[dict[str, Any]], None]] = []  # the fleet's parts, told what changed
+        self.presence: Presence | None = None  # this station among its fleet (stationd.assemble sets it)
 
     # -- running --------------------------------------------------------------------------------------------------
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:

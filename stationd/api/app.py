@@ -23,6 +23,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from stationd.api.auth import refusal
+from stationd.api.fleet import fleet_view, peer_station
 from stationd.api.guard import BodyRefused, Guard, allowed_hosts, read_json
 from stationd.api.views import device_view, job_view, port_views, status_counts
 from stationd.config import api_exposure_problem
@@ -178,6 +179,8 @@ class Api:
                 "now": time.time(),
                 "ports": status_counts(ports),
                 "devices": dict(Counter(device.state for device in devices)),
+                "store": self.station.store.health(),
+                "fleet": self.station.presence.fleet.name if self.station.presence is not None else None,
             }
         )
 
@@ -361,6 +364,8 @@ def create_app(
         Route("/api/events", api.events, methods=["GET"]),
         Route("/api/export", api.export, methods=["GET"]),
         Route("/api/stream", api.stream, methods=["GET"]),
+        Route("/api/fleet", lambda request: fleet_view(station, request), methods=["GET"]),
+        Route("/api/fleet/station", lambda request: peer_station(station, request), methods=["GET"]),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
     app = _GuardedStarlette(routes=routes, exception_handlers={HTTPException: _http_error, Exception: _internal_error})

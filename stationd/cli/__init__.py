@@ -1,14 +1,15 @@
 """The `stationd` command line: one typer app, one small function per command, grouped by what the person is doing.
 
 setup: init, check-config, identity, doctor; run: run, demo; read: status, devices, export; ports: ports (and
---learn); queue: the work list; the emulator's command lives with the emulator (stationd.emulator.command).
+--learn); queue: the work list; fleet: the fleet's stations, blueprint: its shared settings; the emulator's
+command lives with the emulator (stationd.emulator.command).
 """
 
 from __future__ import annotations
 
 import typer
 
-from stationd.cli import ports, queue, read, run, setup
+from stationd.cli import fleet, ports, queue, read, run, setup
 from stationd.emulator.command import emulator_command
 
 app = typer.Typer(
@@ -30,6 +31,7 @@ app.command("doctor")(setup.doctor_command)
 app.command("demo")(run.demo_command)
 app.command("emulator")(emulator_command)
 app.add_typer(queue.queue_app, name="queue")
+app.command("fleet")(fleet.fleet_command)
 
 
 def main() -> None:

@@ -3,7 +3,8 @@ journal that keeps a station working through an outage)."""
 
 from __future__ import annotations
 
-from stationd.config import Config
+from stationd.config import Config, FleetConfig
+from stationd.errors import ConfigurationError
 from stationd.files import SecretFileError, read_secret
 from stationd.store import Store, StoreError, open_store
 
@@ -34,3 +35,13 @@ def store_for(config: Config, *, journal: bool = False) -> Store:
 
     assert settings.journal is not None
     return JournaledStore(shared, settings.journal, config.station.id)
+
+
+def fleet_secret(fleet: FleetConfig) -> str | None:
+    """The fleet's shared secret, from its 0600 file; None when none is configured (peers' requests are refused)."""
+    if fleet.secret_file is None:
+        return None
+    try:
+        return read_secret(fleet.secret_file, "fleet.secret_file")
+    except SecretFileError as error:
+        raise ConfigurationError(str(error)) from None
