@@ -15,6 +15,7 @@ import anyio
 from stationd.api import serve as serve_api
 from stationd.config import Config
 from stationd.events import EventBus
+from stationd.fleet.blueprint import Blueprints
 from stationd.fleet.presence import Presence
 from stationd.fleet.storage import fleet_secret, store_for
 from stationd.identity import Identity
@@ -43,7 +44,13 @@ async def assemble(
     see the station's first events."""
     host = PluginHost(config.plugins, config.station.id, ports=config.ports) if plugins else None
     async with store_for(config, journal=True) as store:
-        station = Station(config, store, identity, usbmux_address=usbmux_address, backoff=backoff, bus=bus)
+        blueprints = None
+        if config.fleet is not None and config.fleet.blueprint is not None:
+            folder = (config.store.journal or config.station.database).parent / "blueprints"
+            blueprints = Blueprints(config, config.fleet.blueprint, store, fleet_secret(config.fleet), folder)
+        station = Station(
+            config, store, identity, usbmux_address=usbmux_address, backoff=backoff, bus=bus, blueprints=blueprints
+        )
         if host is not None:
             await host.startup()
         try:

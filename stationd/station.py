@@ -21,7 +21,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from stationd.config import Config
 from stationd.device import SessionOpener
-from stationd.errors import RESTART_JOB_CODES
+from stationd.errors import RESTART_JOB_CODES, StationError
 from stationd.events import Event, EventBus
 from stationd.files import private_folder, tighten
 from stationd.identity import Identity
@@ -36,6 +36,7 @@ from stationd.usbmux import UsbEvent, UsbWatcher, resolve
 from stationd.view import PortChange, StationView
 
 if TYPE_CHECKING:
+    from stationd.fleet.blueprint import Blueprints
     from stationd.fleet.presence import Presence
 
 log = structlog.get_logger("stationd.station")
@@ -52,6 +53,7 @@ class Station:
         http: httpx.AsyncClient | None = None,
         bus: EventBus | None = None,
         backoff: tuple[float, float] = (1.0, 30.0),
+        blueprints: Blueprints | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -72,7 +74,9 @@ class Station:
             timing=Timing(config.timeouts, backoff),
             http=self.http,
             limiter=anyio.CapacityLimiter(config.station.concurrency),
+            settings=blueprints,
         )
+        self.blueprints = blueprints
         self.workers: dict[str, DeviceWorker] = {}
         self.started_at = time.time()
         self._published = 0  # seq of the last event of this station's trail published on the bus
@@ -90,6 +94,9 @@ class Station:
             tighten(record)
         self.started_at = time.time()
         self._published = self.bus.last_seq = await self.store.last_seq(self.station_id)
+        if self.blueprints is not None:
+            await self.blueprints.refresh()
+            _, self.plan = self.blueprints.newest()
         for job in await self.store.mark_interrupted(self.station_id):
             log.info("job.interrupted_by_restart", udid=job.udid, job=job.id)
         devices = await self.store.list_devices(station_id=self.station_id)
@@ -149,8 +156,23 @@ class Station:
             waiting = []
         for worker in waiting:
             worker.nudge()
+        if self.blueprints is not None and self._tasks is not None and kind in ("poll", "blueprint"):
+            if kind == "poll" or notice.get("name") == self.blueprints.name:
+                self._tasks.start_soon(self._take_blueprint)
         for listener in self.notice_listeners:
             listener(notice)
+
+    async def _take_blueprint(self) -> None:
+        """The newest version of the fleet's blueprint, for the next iPads (those in progress keep theirs)."""
+        assert self.blueprints is not None
+        try:
+            taken = await self.blueprints.refresh()
+        except (StoreError, StationError) as error:
+            log.warning("blueprint.unreadable", error=str(error))
+            return
+        if taken:
+            _, self.plan = self.blueprints.newest()
+            await self.event("blueprint.taken", data=self.blueprints.recorded())
 
     def _on_usb(self, usb: UsbEvent, tasks: TaskGroup) -> None:
         if usb.kind in ("connected", "disconnected"):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from stationd.cli import fleet, ports, queue, read, run, setup
+from stationd.cli import blueprint, fleet, ports, queue, read, run, setup
 from stationd.emulator.command import emulator_command
 
 app = typer.Typer(
@@ -32,6 +32,7 @@ app.command("demo")(run.demo_command)
 app.command("emulator")(emulator_command)
 app.add_typer(queue.queue_app, name="queue")
 app.command("fleet")(fleet.fleet_command)
+app.add_typer(blueprint.blueprint_app, name="blueprint")
 
 
 def main() -> None:

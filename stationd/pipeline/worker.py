@@ -13,7 +13,7 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import httpx
@@ -31,6 +31,14 @@ from stationd.store import JobRecord, LeaseLost
 log = structlog.get_logger("stationd.pipeline")
 
 
+class Settings(Protocol):
+    """Where a job's settings come from when they are not the station's own (a fleet's blueprint)."""
+
+    async def for_job(self, job: JobRecord) -> tuple[Config, list[str], dict[str, Any]]:
+        """The configuration and plan the job runs with, and what to record of them in the job."""
+        ...
+
+
 @dataclass(frozen=True)
 class Pipeline:
     """What every device worker shares: nothing of the station but these."""
@@ -42,11 +50,12 @@ class Pipeline:
     timing: Timing
     http: httpx.AsyncClient
     limiter: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(8))
+    settings: Settings | None = None  # a blueprint's, per job; None: `config` and `plan` for every job
 
 
 @dataclass
 class StepContext:
-    """What a step may use: the open device session, the pipeline's configuration, the job so far."""
+    """What a step may use: the open device session, the job's configuration and plan, the job so far."""
 
     pipeline: Pipeline
     udid: str
@@ -54,18 +63,12 @@ class StepContext:
     facts: DeviceFacts
     job: JobRecord
     port_label: str | None
-
-    @property
-    def config(self) -> Config:
-        return self.pipeline.config
+    config: Config
+    plan: list[str]
 
     @property
     def http(self) -> httpx.AsyncClient:
         return self.pipeline.http
-
-    @property
-    def plan(self) -> list[str]:
-        return self.pipeline.plan
 
     @property
     def identity_certificate(self) -> bytes:
@@ -271,6 +274,12 @@ class DeviceWorker:
             self.log.error("step.failed", step=step, error=error.code, message=message)
             return "failed"
 
+    async def _settings(self, job: JobRecord) -> tuple[Config, list[str], dict[str, Any]]:
+        """The job's configuration and plan: the station's, or the blueprint version the job started with."""
+        if self.pipeline.settings is None:
+            return self.pipeline.config, self.pipeline.plan, {}
+        return await self.pipeline.settings.for_job(job)
+
     async def _steps(self, job: JobRecord) -> str:
         pipeline, jobs = self.pipeline, self.jobs
         self.running_step = "identify"
@@ -290,8 +299,19 @@ class DeviceWorker:
                 facts = await session.facts()
             await jobs.identified(self.udid, facts.as_dict(), self.location_id, self.port_label)
             self.log = log.bind(udid=self.udid, serial=facts.serial, port=self.port_label)
-            ctx = StepContext(pipeline, self.udid, session, facts, job, self.port_label)
-            for step in pipeline.plan:
+            config, steps, settings = await self._settings(job)
+            ctx = StepContext(pipeline, self.udid, session, facts, job, self.port_label, config, steps)
+            if settings and job.step_data.get("blueprint") != settings:
+                ctx.job = await jobs.transition(
+                    self.udid,
+                    ctx.job,
+                    "job.blueprint",
+                    state="identify",
+                    step="identify",
+                    step_data={"blueprint": settings},
+                    data=settings,
+                )
+            for step in steps:
                 if step in ctx.job.completed_steps:
                     continue
                 self.running_step = step
