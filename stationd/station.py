@@ -196,6 +196,9 @@ class Station:
         device = await self.store.upsert_device(
             udid, location_id=location_id, port_label=label, station_id=self.station_id
         )
+        worker = self.workers.get(udid)
+        if worker is not None:
+            worker.known.set()
         event = await self.store.add_event(
             "device.attached", station_id=self.station_id, udid=udid, data={"location_id": location_id}
         )

@@ -247,6 +247,13 @@ class Api:
                 return error(400, f"Last-Event-ID (or after) must be an event id, not {given[:40]!r}")
         return EventStream(self.station, after, self.heartbeat, self.closing, self.queue)
 
+    async def fleet(self, request: Request) -> Response:
+        return await fleet_view(self.station, request)
+
+    async def peer(self, request: Request) -> Response:
+        """What a peer asks, with the fleet's secret."""
+        return await peer_station(self.station, request)
+
     async def retry(self, request: Request) -> Response:
         return await self._act(request, "retry", self.station.retry)
 
@@ -364,8 +371,8 @@ def create_app(
         Route("/api/events", api.events, methods=["GET"]),
         Route("/api/export", api.export, methods=["GET"]),
         Route("/api/stream", api.stream, methods=["GET"]),
-        Route("/api/fleet", lambda request: fleet_view(station, request), methods=["GET"]),
-        Route("/api/fleet/station", lambda request: peer_station(station, request), methods=["GET"]),
+        Route("/api/fleet", api.fleet, methods=["GET"]),
+        Route("/api/fleet/station", api.peer, methods=["GET"]),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
     app = _GuardedStarlette(routes=routes, exception_handlers={HTTPException: _http_error, Exception: _internal_error})

@@ -56,7 +56,7 @@ def fleet_command(
         counts = peer["counts"]
         seen = "" if peer["last_seen"] is None else f"{peer['last_seen']:.0f} s ago"
         table.add_row(
-            peer["id"],
+            peer["id"] + (" (this one)" if peer["self"] else ""),
             peer["host"] or "",
             peer["api"] or "",
             *(str(counts.get(name, "")) for name in ("busy", "done", "failed")),
@@ -92,7 +92,10 @@ async def _stations(config: Config, listen: float, secret: str | None) -> list[d
             if known is not peer:
                 known.via |= peer.via
                 known.api = known.api or peer.api
-    rows = [peer.as_dict() | {"reachable": None} for peer in sorted(merged.values(), key=lambda peer: peer.id)]
+    rows = [
+        peer.as_dict() | {"reachable": None, "self": peer.id == config.station.id}
+        for peer in sorted(merged.values(), key=lambda peer: peer.id)
+    ]
     async with httpx.AsyncClient(timeout=PROBE_TIMEOUT) as client, anyio.create_task_group() as tasks:
         for row in rows:
             tasks.start_soon(_probe, client, row, secret)

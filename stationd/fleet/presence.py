@@ -127,10 +127,10 @@ class Presence:
         try:
             async with anyio.create_task_group() as tasks:
                 self._tasks = tasks
-                if self.fleet.advertise and self.addresses:
-                    await self._start_bonjour()
                 tasks.start_soon(self._beat)
                 task_status.started()
+                if self.fleet.advertise and self.addresses:
+                    await self._start_bonjour()
         finally:
             with anyio.CancelScope(shield=True):
                 await self._stop_bonjour()

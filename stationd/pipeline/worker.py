@@ -104,6 +104,7 @@ class DeviceWorker:
         self.running_step = "identify"
         self.recheck = 0.0  # when held: seconds until the step is tried again
         self.held = False  # waiting for something outside the station: the station nudges it when that may change
+        self.known = anyio.Event()  # the store has the device's record: its job can be claimed
         self.log = log.bind(udid=udid)
 
     # -- signals from the USB watcher and the operator ------------------------------------------------------------
@@ -129,6 +130,7 @@ class DeviceWorker:
         with self.life:
             while True:
                 await self._wait_attached()
+                await self.known.wait()
                 self.wake = anyio.Event()
                 try:
                     job = await self.jobs.job_for(self.udid)
