@@ -249,7 +249,7 @@ async def test_three_stations_share_one_work_queue(tmp_path: Path, postgres: Clu
             one, two, three = [await start(f"station-{i + 1}", configs[i]) for i in range(3)]
             elsewhere = await start("elsewhere-1", other_fleet_config(tmp_path, spare))
 
-            # An iPad leaves station 1 right after its erase (as it activates), before its Wi-Fi; it comes back once blueprint 2 is out.
+            # An iPad leaves station 1 as it activates (after its erase, before its Wi-Fi); back once blueprint 2 is.
             moved = groups[0][0]
             carried_off = anyio.Event()
 
