@@ -14,8 +14,9 @@ from rich.table import Table
 from stationd.cli.common import CONFIG_OPTION_HELP, error_exit, load_or_exit
 from stationd.export import device_rows, to_csv, to_json
 from stationd.files import write_private_file
+from stationd.fleet.journal import waiting_entries
 from stationd.fleet.storage import store_for
-from stationd.store import StoreError
+from stationd.store import StoreError, StoreUnavailable
 
 
 def _rows(config: Path | None) -> list[dict[str, Any]]:
@@ -29,6 +30,12 @@ def _rows(config: Path | None) -> list[dict[str, Any]]:
 
     try:
         return anyio.run(read)
+    except StoreUnavailable as error:
+        waiting = waiting_entries(loaded.store.journal) if loaded.store.journal is not None else 0
+        error_exit(
+            f"{error}. This station goes on with the iPads already in progress; {waiting} of its writes wait in "
+            f"its journal ({loaded.store.journal}) and are delivered when the database is back; new iPads wait."
+        )
     except StoreError as error:
         error_exit(str(error))
 
