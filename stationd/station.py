@@ -21,7 +21,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from stationd.config import Config
 from stationd.device import SessionOpener
-from stationd.errors import RESTART_JOB_CODES, StationError
+from stationd.errors import RESTART_JOB_CODES, FleetUnreachable, HeldElsewhere, NotOnWorkList, StationError
 from stationd.events import Event, EventBus
 from stationd.files import private_folder, tighten
 from stationd.identity import Identity
@@ -148,8 +148,10 @@ class Station:
         kind = notice.get("c")
         if kind == "poll" or (kind == "event" and notice.get("station") == self.station_id):
             self._unpublished.set()
-        if kind in ("poll", "worklist"):
+        if kind == "worklist":
             waiting = [worker for worker in self.workers.values() if worker.held]
+        elif kind == "poll":
+            waiting = [worker for worker in self.workers.values() if worker.held in FLEET_HOLDS]
         elif kind == "event" and notice.get("kind") in RELEASING_EVENTS:
             waiting = [w for w in [self.workers.get(str(notice.get("udid")))] if w is not None and w.held]
         else:
@@ -315,6 +317,7 @@ class Station:
 
 
 TRAIL_PAGE = 1000  # the store's default page of station_events
+FLEET_HOLDS = frozenset({NotOnWorkList.code, HeldElsewhere.code, FleetUnreachable.code})  # looked at on every poll
 RELEASING_EVENTS = frozenset({"job.interrupted", "job.expired", "step.interrupted", "device.done", "step.failed"})
 
 

@@ -201,6 +201,7 @@ def enrollment_sha(mdm_url: str) -> str:
     return hashlib.sha256(enrollment_profile(ORG, mdm_url)).hexdigest()
 
 
+@pytest.mark.timeout(300)  # four daemons and three emulators on two shared cores: about 30 s alone
 async def test_three_stations_share_one_work_queue(tmp_path: Path, postgres: Cluster) -> None:
     pg_url = postgres.create_database()
     create_identity(tmp_path / "identity.pem", ORG)

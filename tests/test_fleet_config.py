@@ -43,7 +43,7 @@ def test_the_fleet_sections_are_read_with_their_defaults(tmp_path: Path) -> None
         ("[store]\nlease = 0.1\n", "store.lease: must be a number of seconds from 1 to 3600"),
         ('[fleet]\nname = "a/b"\n', "fleet.name: must be a name of letters"),
         ('[queue]\nunknown = "ask"\n', 'queue.unknown: must be one of "provision", "hold"'),
-        ('[fleet]\ninterfaces = ["eth0"]\n', 'fleet.interfaces[0]: "eth0" is not an IP address'),
+        ('[fleet]\ninterfaces = ["eth0"]\n', 'fleet.interfaces[0]: "eth0" is not an IPv4 address'),
     ],
 )
 def test_mistakes_are_named_with_their_key_and_line(tmp_path: Path, text: str, expected: str) -> None:

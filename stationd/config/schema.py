@@ -89,7 +89,7 @@ def schema(base: Path) -> dict[str, dict[str, Converter]]:
         "fleet": {
             "name": fleet_name,
             "advertise": boolean,
-            "interfaces": addresses,
+            "interfaces": ipv4_addresses,
             "secret_file": path(base),
             "blueprint": fleet_name,
             "heartbeat": seconds(0.05, 300.0),
@@ -178,6 +178,18 @@ def fleet_name(value: Any) -> str:
             "a name of letters, digits, spaces, dots, dashes or underscores (at most 63)", value, example='"district-3"'
         )
     return value
+
+
+def ipv4_addresses(value: Any) -> tuple[str, ...]:
+    """IPv4 addresses of this computer's interfaces (Bonjour advertises and listens on them)."""
+    found = texts(value)
+    for index, address in enumerate(found):
+        try:
+            ipaddress.IPv4Address(address)
+        except ValueError:
+            refused = Invalid(message=f"{toml_string(address)} is not an IPv4 address", example='["192.168.1.20"]')
+            raise refused.inside(f"[{index}]") from None
+    return found
 
 
 def usbmuxd(value: Any) -> str:

@@ -103,7 +103,7 @@ class DeviceWorker:
         self.deadline: float | None = None  # when an erased device must be back
         self.running_step = "identify"
         self.recheck = 0.0  # when held: seconds until the step is tried again
-        self.held = False  # waiting for something outside the station: the station nudges it when that may change
+        self.held: str | None = None  # the code of what it waits for (outside the station), while it waits
         self.known = anyio.Event()  # the store has the device's record: its job can be claimed
         self.log = log.bind(udid=udid)
 
@@ -138,14 +138,15 @@ class DeviceWorker:
                 except Held as held:  # before any job is this station's: busy elsewhere, fleet unreachable
                     await self.jobs.held(self.udid, held)
                     self.log.info("device.held", reason=held.code)
-                    self.recheck, result = held.recheck, "held"
+                    self.recheck, self.held, result = held.recheck, held.code, "held"
                 except LeaseLost as lost:  # another station took the iPad over: nothing more to do here
                     self.log.warning("job.lease_lost", reason=str(lost))
                     result = "idle"
                 except Exception:  # e.g. the database refused a write: this iPad waits, the others carry on
                     self.log.exception("device.worker_error")
                     result = "failed"
-                self.held = result == "held"
+                if result != "held":
+                    self.held = None
                 if result in ("idle", "done", "failed"):
                     await self.wake.wait()
                 elif result == "waiting":
@@ -224,7 +225,7 @@ class DeviceWorker:
                     error_message=str(held),
                 )
                 self.log.info("step.held", step=self.running_step, reason=held.code)
-                self.recheck = held.recheck
+                self.recheck, self.held = held.recheck, held.code
                 return "held"
             except StationError as e:
                 if isinstance(e, DeviceGone):
