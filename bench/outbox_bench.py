@@ -55,7 +55,7 @@ def one(devices: int, batch: int, poll: float, window: float) -> dict[str, float
                 for serial in serials:
                     udid = f"UDID-{serial}"
                     await store.upsert_device(udid, serial=serial)
-                    job = await store.open_job(udid, "bench")
+                    job = await store.claim_job(udid, "bench")
                     await store.add_event(
                         "device.reported",
                         station_id="bench",

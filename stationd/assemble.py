@@ -15,11 +15,13 @@ import anyio
 from stationd.api import serve as serve_api
 from stationd.config import Config
 from stationd.events import EventBus
+from stationd.fleet.blueprint import Blueprints
+from stationd.fleet.presence import Presence
+from stationd.fleet.storage import fleet_secret, store_for
 from stationd.identity import Identity
 from stationd.plugins import PluginHost
 from stationd.reporting.courier import Courier
 from stationd.station import Station
-from stationd.store import open_store
 
 
 @dataclass(frozen=True)
@@ -42,8 +44,14 @@ async def assemble(
     the plugins drain the last events (`station.stopping`) before they shut down. Subscribe to `bus` before, to
     see the station's first events."""
     host = PluginHost(config.plugins, config.station.id, ports=config.ports) if plugins else None
-    async with open_store(config.station.database) as store:
-        station = Station(config, store, identity, usbmux_address=usbmux_address, backoff=backoff, bus=bus)
+    async with store_for(config, journal=True) as store:
+        blueprints = None
+        if config.fleet is not None and config.fleet.blueprint is not None:
+            folder = (config.store.journal or config.station.database).parent / "blueprints"
+            blueprints = Blueprints(config, config.fleet.blueprint, store, fleet_secret(config.fleet), folder)
+        station = Station(
+            config, store, identity, usbmux_address=usbmux_address, backoff=backoff, bus=bus, blueprints=blueprints
+        )
         if host is not None:
             await host.startup()
         try:
@@ -55,6 +63,9 @@ async def assemble(
                 async with serve_api(station) as url:
                     async with anyio.create_task_group() as running:
                         await running.start(station.run)
+                        if config.fleet is not None:
+                            station.presence = Presence(station, config.fleet, url, fleet_secret(config.fleet))
+                            await running.start(station.presence.run)
                         try:
                             yield Assembly(station, url and url + "/")
                         finally:

@@ -8,7 +8,9 @@ from pathlib import Path
 import anyio
 
 from stationd.config import Config, ConfigError, check_config, load_config
+from stationd.fleet.storage import store_for
 from stationd.identity import IdentityError, load_identity
+from stationd.redact import redact_url
 from stationd.store import StoreError, open_store
 from stationd.usbmux import UsbmuxConnection, UsbmuxError, packet, resolve
 
@@ -33,6 +35,14 @@ async def usbmuxd_check(address: str | None) -> Check:
 
 
 async def database_check(config: Config) -> Check:
+    if config.store.url is not None:
+        shown = redact_url(config.store.url)
+        try:
+            async with store_for(config) as store:
+                await store.now()
+        except StoreError as e:
+            return False, "fleet database", str(e)
+        return True, "fleet database", f"{shown} answers"
     path = Path(config.station.database)
     try:
         async with open_store(path) as store:

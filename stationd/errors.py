@@ -82,6 +82,27 @@ class ChargeHeld(Held):
     title = "Charging"
 
 
+class NotOnWorkList(Held):
+    """[queue] unknown = "hold": an iPad whose serial is not on the work list is not touched."""
+
+    code = "not_on_work_list"
+    title = "Not on the work list"
+
+
+class FleetUnreachable(Held):
+    """The fleet's database cannot be reached: a new iPad waits (iPads already in progress carry on)."""
+
+    code = "fleet_unreachable"
+    title = "Fleet database unreachable"
+
+
+class HeldElsewhere(Held):
+    """The iPad's job runs at another station of the fleet, whose hold on it has not expired."""
+
+    code = "held_elsewhere"
+    title = "In progress at another station"
+
+
 class InternalError(StationError):
     """A bug in the station (or a plugin of the pipeline): this iPad stops, every other one carries on."""
 
@@ -251,6 +272,13 @@ class DeviceRefused(StationError):
 class ConfigurationError(StationError):
     code = "configuration"
     title = "Station configuration problem"
+
+
+class BlueprintError(ConfigurationError):
+    """The fleet's blueprint cannot be pushed or used; the message says what to do."""
+
+    code = "blueprint_unusable"
+    title = "Blueprint cannot be used"
 
 
 def _all(cls: type[StationError]) -> list[type[StationError]]:

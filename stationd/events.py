@@ -1,5 +1,8 @@
 """The station's event stream: every transition the store records is published here, in order, to subscribers.
 
+An event's `seq` is its place in this station's trail (1, 2, ... in commit order): the cursor of every reader that
+follows the stream (the API's event stream, a subscriber catching up). Its `id` is its row in the whole trail.
+
 Data flows one way: pipeline → store (the durable audit trail, with its id) → this bus → plugins, dashboard, CLI.
 A slow subscriber never blocks a device: its buffer is bounded and, when full, it loses the oldest events and is told
 how many it missed (it can re-read them from the store by id).
@@ -29,6 +32,7 @@ class Event:
     port_label: str | None = None
     step: str | None = None
     data: dict[str, Any] = field(default_factory=dict)
+    seq: int = 0
 
     @classmethod
     def from_record(cls, record: EventRecord) -> Event:
@@ -43,6 +47,7 @@ class Event:
             port_label=record.port_label,
             step=record.step,
             data=dict(record.data),
+            seq=record.seq,
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -50,12 +55,12 @@ class Event:
 
 
 class Subscription:
-    """One subscriber's bounded queue; iterate it with `async for`. `start_id`: the last event published before it
-    subscribed (the events it gets, or missed, come after that id)."""
+    """One subscriber's bounded queue; iterate it with `async for`. `start_seq`: the last event published before it
+    subscribed (the events it gets, or missed, come after that seq)."""
 
     def __init__(self, bus: EventBus, size: int) -> None:
         self._bus = bus
-        self.start_id = bus.last_id
+        self.start_seq = bus.last_seq
         self._queue: collections.deque[Event] = collections.deque(maxlen=size)
         self._ready = anyio.Event()
         self.missed = 0
@@ -95,12 +100,12 @@ class Subscription:
 
 
 class EventBus:
-    """`last_id` is the id of the last event published (the station sets it to the store's last id when it starts),
+    """`last_seq` is the seq of the last event published (the station sets it to its trail's last when it starts),
     so each subscription knows where its events begin."""
 
     def __init__(self) -> None:
         self._subscriptions: set[Subscription] = set()
-        self.last_id = 0
+        self.last_seq = 0
 
     def subscribe(self, size: int = 10_000) -> Subscription:
         subscription = Subscription(self, size)
@@ -108,6 +113,6 @@ class EventBus:
         return subscription
 
     def publish(self, event: Event) -> None:
-        self.last_id = event.id
+        self.last_seq = event.seq
         for subscription in list(self._subscriptions):
             subscription._put(event)

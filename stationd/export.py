@@ -43,6 +43,8 @@ FIELDS = (
     "organization",
     "apps",
     "profiles",
+    "group",
+    "notes",
     "reports",
 )
 
@@ -59,6 +61,7 @@ def _iso(ts: float | None) -> str | None:
 def row(device: DeviceRecord, job: JobRecord | None) -> dict[str, Any]:
     """One device's row, from its record and its latest job."""
     facts = device.facts or {}
+    listed = ((job.step_data.get("identify") or {}).get("listed") if job else None) or {}
     return {
         "serial": device.serial,
         "udid": device.udid,
@@ -90,6 +93,8 @@ def row(device: DeviceRecord, job: JobRecord | None) -> dict[str, Any]:
         "organization": facts.get("organization"),
         "apps": facts.get("apps"),
         "profiles": facts.get("profiles"),
+        "group": listed.get("group"),
+        "notes": listed.get("notes"),
     }
 
 
@@ -141,13 +146,13 @@ def to_serials(rows: list[dict[str, Any]]) -> str:
     return "".join(f"{_cell(serial)}\n" for serial in serials)
 
 
-def to_csv(rows: list[dict[str, Any]]) -> str:
+def to_csv(rows: list[dict[str, Any]], fields: tuple[str, ...] = FIELDS) -> str:
     """The rows as CSV; a text cell a spreadsheet would run as a formula starts with ' instead."""
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=FIELDS, lineterminator="\n")
+    writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: _cell(reports_text(row.get(k)) if k == "reports" else row.get(k)) for k in FIELDS})
+        writer.writerow({k: _cell(reports_text(row.get(k)) if k == "reports" else row.get(k)) for k in fields})
     return out.getvalue()
 
 

@@ -86,3 +86,29 @@ def _shared(path: Path, info: os.stat_result) -> bool:
         return False
     resolved = path.resolve()
     return bool(info.st_mode & stat.S_ISVTX) or resolved == Path.home().resolve() or resolved == resolved.parent
+
+
+class SecretFileError(OSError):
+    """A secret's file cannot be used: missing, empty, or readable by others."""
+
+
+def read_secret(path: Path, what: str) -> str:
+    """The secret held in `path` (its first line, without surrounding spaces). The file must be readable by its
+    owner only: a secret that others on this computer can read is refused, saying how to fix it."""
+    try:
+        info = path.stat()
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SecretFileError(
+            f"{what}: {path} does not exist; write the secret there (one line) and chmod 600 it"
+        ) from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise SecretFileError(f"{what}: cannot read {path}: {getattr(error, 'strerror', None) or error}") from None
+    if os.name == "posix" and stat.S_IMODE(info.st_mode) & 0o077:
+        raise SecretFileError(
+            f"{what}: {path} can be read by other users (mode {stat.S_IMODE(info.st_mode):04o}); run `chmod 600 {path}`"
+        )
+    secret = text.strip().splitlines()[0].strip() if text.strip() else ""
+    if not secret:
+        raise SecretFileError(f"{what}: {path} is empty; write the secret there, on one line")
+    return secret

@@ -324,10 +324,10 @@ async def test_a_live_client_that_falls_behind_gets_the_missed_events_from_the_s
             tasks.start_soon(EventStream(station, None, 30.0, closing, queue=4), {"type": "http"}, receive, send)
             with anyio.fail_after(10):
                 await subscribed.wait()
-                first = station.bus.last_id + 1
+                first = station.bus.last_seq + 1
                 for _ in range(12):
                     await station.event("test.burst")
-                last = station.bus.last_id
+                last = station.bus.last_seq
                 released.set()
                 await caught_up.wait()
             closing.set()

@@ -70,7 +70,13 @@ def test_configurator_export_has_configurators_columns_in_its_order(tmp_path: Pa
     async def record() -> None:
         async with open_store(tmp_path / "stationd.db") as store:
             await store.upsert_device(
-                "UDID-1", serial="F9FXK2LQ", ecid=0x1D481C2E300026, name="Lincoln-1", facts=facts, port_label="A1"
+                "UDID-1",
+                serial="F9FXK2LQ",
+                ecid=0x1D481C2E300026,
+                name="Lincoln-1",
+                facts=facts,
+                port_label="A1",
+                station_id="station-1",
             )
             await store.upsert_device("UDID-2", serial="-2+3", facts={})
 

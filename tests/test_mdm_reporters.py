@@ -37,12 +37,12 @@ async def deliveries(store: Store, reporter: str, devices: dict[str, str]) -> li
     for serial, name in devices.items():
         udid = f"UDID-{serial}"
         await store.upsert_device(udid, serial=serial)
-        job = await store.open_job(udid, "st")
+        job = await store.claim_job(udid, "st")
         row = {"serial": serial, "udid": udid, "name": name, "ecid": 1234, "model": "iPad13,18"}
         events.append(
             await store.add_event("device.reported", station_id="st", udid=udid, job_id=job.id, data={"device": row})
         )
-    await store.queue_reports(events, [reporter], reader="t", read_to=events[-1].id, station_id="st")
+    await store.queue_reports(events, [reporter], reader="t", read_to=events[-1].seq, station_id="st")
     return await store.claim_deliveries(reporter, claimer="st", limit=100, lease=600)
 
 

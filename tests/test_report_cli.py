@@ -21,7 +21,7 @@ def station(tmp: Path) -> Path:
             for serial, state in (("AAAA1111", "done"), ("BBBB2222", "failed"), ("=CCC3333", "done")):
                 udid = f"UDID-{serial}"
                 await store.upsert_device(udid, serial=serial)
-                job = await store.open_job(udid, "st")
+                job = await store.claim_job(udid, "st")
                 await store.record_transition(udid=udid, job_id=job.id, station_id="st", kind="x", state=state)
                 if state == "done":
                     events.append(
@@ -29,7 +29,7 @@ def station(tmp: Path) -> Path:
                             "device.reported", station_id="st", udid=udid, job_id=job.id, data={"device": {}}
                         )
                     )
-            made, _ = await store.queue_reports(events, ["asm"], reader="r", read_to=events[-1].id, station_id="st")
+            made, _ = await store.queue_reports(events, ["asm"], reader="r", read_to=events[-1].seq, station_id="st")
             await store.settle_deliveries(
                 [
                     Settlement(made[0].key, Outcome.DONE, "assigned to Lincoln MDM"),

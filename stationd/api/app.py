@@ -23,6 +23,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from stationd.api.auth import refusal
+from stationd.api.fleet import fleet_view, peer_station
 from stationd.api.guard import BodyRefused, Guard, allowed_hosts, read_json
 from stationd.api.views import device_view, job_view, port_views, status_counts
 from stationd.config import api_exposure_problem
@@ -56,7 +57,7 @@ def error(status: int, message: str) -> JSONResponse:
 def sse(event: Event) -> bytes:
     """One server-sent event: id, kind and the event as one line of JSON."""
     data = json.dumps(event.as_dict(), separators=(",", ":"))
-    return f"id: {event.id}\nevent: {event.kind}\ndata: {data}\n\n".encode()
+    return f"id: {event.seq}\nevent: {event.kind}\ndata: {data}\n\n".encode()
 
 
 class EventStream:
@@ -110,7 +111,7 @@ class EventStream:
     async def _stream(self, write: Any) -> None:
         with self.station.bus.subscribe(self.queue) as events:
             await write(f"retry: {RECONNECT_MS}\n\n".encode())
-            last = events.start_id if self.after is None else self.after
+            last = events.start_seq if self.after is None else self.after
             floor = None
             if self.after is not None:
                 floor = last = await self._replay(write, self.after)
@@ -125,21 +126,23 @@ class EventStream:
                 if events.missed != missed:
                     missed = events.missed
                     floor = last = await self._replay(write, last)
-                batch = [e for e in [event, *events.ready()] if floor is None or e.id > floor]
+                batch = [e for e in [event, *events.ready()] if floor is None or e.seq > floor]
                 if not batch:
                     continue
                 await write(b"".join(sse(e) for e in batch))  # one write for what is waiting: fewer syscalls
-                last = batch[-1].id
+                last = batch[-1].seq
                 if any(e.kind == "station.stopping" for e in batch):
                     return
 
     async def _replay(self, write: Any, after: int) -> int:
-        """Send the stored events after `after`; return the last id sent (or `after`)."""
+        """Send the station's stored events after seq `after`; return the last seq sent (or `after`)."""
         while True:
-            records = await self.station.store.list_events(after_id=after, limit=REPLAY_PAGE)
+            records = await self.station.store.station_events(
+                self.station.station_id, after_seq=after, limit=REPLAY_PAGE
+            )
             for record in records:
                 await write(sse(Event.from_record(record)))
-                after = record.id
+                after = record.seq
             if len(records) < REPLAY_PAGE:
                 return after
 
@@ -176,6 +179,8 @@ class Api:
                 "now": time.time(),
                 "ports": status_counts(ports),
                 "devices": dict(Counter(device.state for device in devices)),
+                "store": self.station.store.health(),
+                "fleet": self.station.presence.fleet.name if self.station.presence is not None else None,
             }
         )
 
@@ -205,19 +210,21 @@ class Api:
         return JSONResponse(view)
 
     async def events(self, request: Request) -> Response:
+        """This station's trail after seq `after` (`last_id`: the seq to ask after next); with `udid`, that iPad's
+        events at every station after id `after`."""
         try:
             after = _int_param(request, "after", 0, 0, None)
             limit = _int_param(request, "limit", 100, 1, MAX_EVENTS)
         except ValueError as e:
             return error(400, str(e))
         udid = request.query_params.get("udid") or None
-        records = await self.store.list_events(after_id=after, udid=udid, limit=limit)
-        return JSONResponse(
-            {
-                "events": [Event.from_record(record).as_dict() for record in records],
-                "last_id": records[-1].id if records else after,
-            }
-        )
+        if udid is None:
+            records = await self.store.station_events(self.station.station_id, after_seq=after, limit=limit)
+            last = records[-1].seq if records else after
+        else:
+            records = await self.store.list_events(after_id=after, udid=udid, limit=limit)
+            last = records[-1].id if records else after
+        return JSONResponse({"events": [Event.from_record(record).as_dict() for record in records], "last_id": last})
 
     async def export(self, request: Request) -> Response:
         fmt = request.query_params.get("format", "csv")
@@ -239,6 +246,13 @@ class Api:
             if after is None:
                 return error(400, f"Last-Event-ID (or after) must be an event id, not {given[:40]!r}")
         return EventStream(self.station, after, self.heartbeat, self.closing, self.queue)
+
+    async def fleet(self, request: Request) -> Response:
+        return await fleet_view(self.station, request)
+
+    async def peer(self, request: Request) -> Response:
+        """What a peer asks, with the fleet's secret."""
+        return await peer_station(self.station, request)
 
     async def retry(self, request: Request) -> Response:
         return await self._act(request, "retry", self.station.retry)
@@ -357,6 +371,8 @@ def create_app(
         Route("/api/events", api.events, methods=["GET"]),
         Route("/api/export", api.export, methods=["GET"]),
         Route("/api/stream", api.stream, methods=["GET"]),
+        Route("/api/fleet", api.fleet, methods=["GET"]),
+        Route("/api/fleet/station", api.peer, methods=["GET"]),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
     app = _GuardedStarlette(routes=routes, exception_handlers={HTTPException: _http_error, Exception: _internal_error})

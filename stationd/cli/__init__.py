@@ -1,7 +1,8 @@
 """The `stationd` command line: one typer app, one small function per command, grouped by what the person is doing.
 
 setup: init, check-config, identity, doctor; run: run, demo; read: status, devices, export; inspect: one iPad as it
-is now; reports: the outbox; asm: Apple School/Business Manager by hand; ports: ports (and --learn); the emulator's
+is now; reports: the outbox; asm: Apple School/Business Manager by hand; ports: ports (and --learn); queue: the work
+list; fleet: the fleet's stations; blueprint: its shared settings; the emulator's
 command lives with the emulator (stationd.emulator.command).
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import typer
 
-from stationd.cli import asm, inspect, ports, read, reports, run, setup
+from stationd.cli import asm, blueprint, fleet, inspect, ports, queue, read, reports, run, setup
 from stationd.emulator.command import emulator_command
 
 app = typer.Typer(
@@ -33,6 +34,9 @@ app.command("ports")(ports.ports_command)
 app.command("doctor")(setup.doctor_command)
 app.command("demo")(run.demo_command)
 app.command("emulator")(emulator_command)
+app.add_typer(queue.queue_app, name="queue")
+app.command("fleet")(fleet.fleet_command)
+app.add_typer(blueprint.blueprint_app, name="blueprint")
 
 
 def main() -> None:

@@ -14,22 +14,30 @@ from rich.table import Table
 from stationd.cli.common import CONFIG_OPTION_HELP, error_exit, load_or_exit
 from stationd.export import device_rows, to_configurator, to_csv, to_json, to_serials
 from stationd.files import write_private_file
+from stationd.fleet.journal import waiting_entries
+from stationd.fleet.storage import store_for
 from stationd.pipeline.plan import STEPS
 from stationd.states import DeviceState
-from stationd.store import StoreError, open_store
+from stationd.store import StoreError, StoreUnavailable
 
 
 def _rows(config: Path | None) -> list[dict[str, Any]]:
     loaded = load_or_exit(config)
-    if not Path(loaded.station.database).exists():
+    if not loaded.store.shared and not Path(loaded.station.database).exists():
         error_exit(f"no database at {loaded.station.database}: the station has not run yet")
 
     async def read() -> list[dict[str, Any]]:
-        async with open_store(loaded.station.database) as store:
+        async with store_for(loaded) as store:
             return await device_rows(store)
 
     try:
         return anyio.run(read)
+    except StoreUnavailable as error:
+        waiting = waiting_entries(loaded.store.journal) if loaded.store.journal is not None else 0
+        error_exit(
+            f"{error}. This station goes on with the iPads already in progress; {waiting} of its writes wait in "
+            f"its journal ({loaded.store.journal}) and are delivered when the database is back; new iPads wait."
+        )
     except StoreError as error:
         error_exit(str(error))
 

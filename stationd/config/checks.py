@@ -40,6 +40,7 @@ def check_config(config: Config) -> list[str]:
         if warning is not None:
             problems.append(warning)
     problems.extend(_plugin_problems(config))
+    problems.extend(_fleet_problems(config))
     if config.enrollment.mode != "url" and config.enrollment.url:
         problems.append(f'warning: enrollment.url is ignored because enrollment.mode is "{config.enrollment.mode}"')
     if config.enrollment.mode != "dep" and config.enrollment.hold_until_assigned:
@@ -99,6 +100,8 @@ def _secrets_held(config: Config) -> list[str]:
         held.append("the API token")
     if config.enrollment.url and redact_url(config.enrollment.url) != config.enrollment.url:
         held.append("credentials in enrollment.url")
+    if config.store.url and redact_url(config.store.url) != config.store.url:
+        held.append("credentials in store.url")
     for name, settings in config.plugins.settings.items():
         if redact(settings) != settings or _has_secret_key(settings) or "://" in repr(settings):
             held.append(f"the settings of the {name} plugin")
@@ -125,6 +128,12 @@ def _exposed_secrets(source: Path, held: list[str]) -> list[str]:
         f"warning: {source} holds {', '.join(held)} and {who} can read it (mode {mode:04o}); run `chmod 600 "
         f"{source}` (and `chown` it to the user the station runs as, if that is another user)"
     ]
+
+
+def _fleet_problems(config: Config) -> list[str]:
+    from stationd.fleet.checks import fleet_problems
+
+    return fleet_problems(config)
 
 
 def _plugin_problems(config: Config) -> list[str]:

@@ -18,6 +18,7 @@ from stationd.config.convert import toml_string
 from stationd.profiles import wifi_profile
 
 LOG_FORMATS = ("auto", "json", "console")
+UNKNOWN_POLICIES = ("provision", "hold")
 ENROLLMENT_MODES = ("url", "dep", "none")
 NAMING_PLACEHOLDERS = ("org", "serial", "model", "port", "n")
 APPLE_ACTIVATION_URL = "https://albert.apple.com/deviceservices"
@@ -277,6 +278,49 @@ class PluginsConfig:
 
 
 @dataclass(frozen=True)
+class StoreConfig:
+    """[store]: where the station keeps its progress. Without `url`, the SQLite file [station] database; with a
+    PostgreSQL URL, the fleet's shared database (its password in `password_file`, or PGPASSWORD). `lease`: how long
+    a station holds an iPad's job without renewing it (another station resumes the iPad after that); `journal`:
+    where transitions wait while the fleet's database cannot be reached."""
+
+    url: str | None = field(default=None, repr=False)
+    password_file: Path | None = None
+    lease: float = 60.0
+    pool: int = 8
+    timeout: float = 5.0
+    poll: float = 5.0
+    journal: Path | None = None
+
+    @property
+    def shared(self) -> bool:
+        return self.url is not None
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    """[fleet]: this station as one of a fleet. It advertises itself over Bonjour (unless `advertise` is false) on
+    `interfaces` (default: every interface but loopback) and finds the stations of the same fleet `name`; peers
+    prove themselves with the shared secret in `secret_file`; `blueprint` names the settings taken from the fleet
+    database."""
+
+    name: str = "stationd"
+    advertise: bool = True
+    interfaces: tuple[str, ...] = ()
+    secret_file: Path | None = None
+    blueprint: str | None = None
+    heartbeat: float = 5.0
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    """[queue]: the work list. `unknown`: what happens to an iPad whose serial is not on it ("provision" it
+    anyway, or "hold" it untouched)."""
+
+    unknown: str = "provision"
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration; `source` is the file it was read from, if any."""
 
@@ -293,6 +337,9 @@ class Config:
     ports: PortsConfig = field(default_factory=PortsConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    fleet: FleetConfig | None = None
+    queue: QueueConfig = field(default_factory=QueueConfig)
     source: Path | None = None
 
 
@@ -310,6 +357,9 @@ SECTIONS: dict[str, type] = {
     "ports": PortsConfig,
     "api": ApiConfig,
     "plugins": PluginsConfig,
+    "store": StoreConfig,
+    "fleet": FleetConfig,
+    "queue": QueueConfig,
 }
 
 

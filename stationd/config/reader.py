@@ -20,7 +20,7 @@ from stationd.config.convert import (
     unknown,
     with_example,
 )
-from stationd.config.model import SECTIONS, Config, ConfigError, ConfigIssue, WifiConfig
+from stationd.config.model import SECTIONS, Config, ConfigError, ConfigIssue, FleetConfig, WifiConfig
 from stationd.config.schema import api_exposure_problem, schema
 from stationd.profiles import PASSWORD_SECURITY, WPA_SECURITY
 
@@ -49,6 +49,7 @@ def load_config(path: Path | str) -> Config:
     return _Reader(path, text, data).config()
 
 
+OPTIONAL = ("wifi", "fleet")  # sections that are there only when the file has them
 _TOO_DEEP = f"lists or tables nest more than {MAX_DEPTH} levels deep; no setting needs that, check the brackets"
 
 
@@ -78,9 +79,11 @@ class _Reader:
             self.issues.sort(key=lambda issue: issue.line or 0)
             raise ConfigError(self.path, self.issues)
         values["organization"].setdefault("identity", self.path.parent / "identity.pem")
-        sections = {name: SECTIONS[name](**found) for name, found in values.items() if name != "wifi"}
+        values["store"].setdefault("journal", self.path.parent / "journal.db")
+        sections = {name: SECTIONS[name](**found) for name, found in values.items() if name not in OPTIONAL}
         wifi = WifiConfig(**values["wifi"]) if "wifi" in self.data else None
-        return Config(**sections, wifi=wifi, source=self.path)
+        fleet = FleetConfig(**values["fleet"]) if "fleet" in self.data else None
+        return Config(**sections, wifi=wifi, fleet=fleet, source=self.path)
 
     def _limits(self) -> None:
         """Drop every value beyond the bounds (`convert.MAX_*`), reporting it with its key and line."""

@@ -24,7 +24,14 @@ from stationd.config.convert import (
     url,
     whole,
 )
-from stationd.config.model import ENROLLMENT_MODES, LOG_FORMATS, NAMING_PLACEHOLDERS, NamingConfig, TimeoutsConfig
+from stationd.config.model import (
+    ENROLLMENT_MODES,
+    LOG_FORMATS,
+    NAMING_PLACEHOLDERS,
+    UNKNOWN_POLICIES,
+    NamingConfig,
+    TimeoutsConfig,
+)
 from stationd.httpserve import is_loopback
 from stationd.profiles import WIFI_SECURITY
 from stationd.usbmux import address as usbmux_address
@@ -40,6 +47,10 @@ MAX_PLUGIN_SECONDS = 300.0
 # gains about 1 % a minute on a good port, so more than an hour apart would leave a charged iPad waiting.
 MIN_CHARGE_RECHECK = 1.0
 MAX_CHARGE_RECHECK = 3600.0
+MIN_LEASE = 1.0
+MAX_LEASE = 3600.0
+MAX_POOL = 64
+_FLEET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,62}")
 
 
 def schema(base: Path) -> dict[str, dict[str, Converter]]:
@@ -79,6 +90,24 @@ def schema(base: Path) -> dict[str, dict[str, Converter]]:
         "timeouts": {item.name: _timeout(item.name) for item in fields(TimeoutsConfig)},
         "api": {"listen": listen_address, "token": api_token, "hosts": host_names, "proxies": addresses},
         "plugins": {"enabled": texts, "timeout": seconds(0, MAX_PLUGIN_SECONDS)},
+        "store": {
+            "url": database_url,
+            "password_file": path(base),
+            "lease": seconds(MIN_LEASE, MAX_LEASE),
+            "pool": whole(1, MAX_POOL),
+            "timeout": seconds(0.5, 120.0),
+            "poll": seconds(0.05, 600.0),
+            "journal": path(base),
+        },
+        "fleet": {
+            "name": fleet_name,
+            "advertise": boolean,
+            "interfaces": ipv4_addresses,
+            "secret_file": path(base),
+            "blueprint": fleet_name,
+            "heartbeat": seconds(0.05, 300.0),
+        },
+        "queue": {"unknown": choice(UNKNOWN_POLICIES)},
     }
 
 
@@ -142,6 +171,37 @@ def addresses(value: Any) -> tuple[str, ...]:
             raise Invalid(
                 message=f"{toml_string(address)} is not an IP address or network", example='["127.0.0.1"]'
             ) from None
+    return found
+
+
+def database_url(value: Any) -> str:
+    """The fleet's PostgreSQL database, as a URL."""
+    example = '"postgresql://station@db.school.example/stationd?sslmode=verify-full"'
+    if not isinstance(value, str) or value.partition("://")[0].lower() not in ("postgresql", "postgres"):
+        raise Invalid("a PostgreSQL URL starting with postgresql://", value, example=example)
+    if not value.partition("://")[2].strip("/"):
+        raise Invalid(message="the URL names no server: write postgresql://USER@HOST/DATABASE", example=example)
+    return value
+
+
+def fleet_name(value: Any) -> str:
+    """A short name (fleets and blueprints): letters, digits, spaces, dots, dashes, underscores."""
+    if not isinstance(value, str) or not _FLEET_NAME.fullmatch(value):
+        raise Invalid(
+            "a name of letters, digits, spaces, dots, dashes or underscores (at most 63)", value, example='"district-3"'
+        )
+    return value
+
+
+def ipv4_addresses(value: Any) -> tuple[str, ...]:
+    """IPv4 addresses of this computer's interfaces (Bonjour advertises and listens on them)."""
+    found = texts(value)
+    for index, address in enumerate(found):
+        try:
+            ipaddress.IPv4Address(address)
+        except ValueError:
+            refused = Invalid(message=f"{toml_string(address)} is not an IPv4 address", example='["192.168.1.20"]')
+            raise refused.inside(f"[{index}]") from None
     return found
 
 

@@ -84,6 +84,9 @@ class Emulator:
         self.control: HTTPServer | None = None
         self.seed = seed
         self.tcp_port: int | None = None
+        self._moved: dict[str, Emulator] = {}  # iPads carried to another emulator (another station's hub)
+        self.erases: list[str] = []  # UDIDs, once per EraseDevice acknowledged
+        self._erase_seen = asyncio.Event()
         self._next_device_id = 1
         self._next_port = FIRST_SERVICE_PORT
         self._services: dict[tuple[str, int], tuple[str, dict[str, Any]]] = {}
@@ -220,6 +223,31 @@ class Emulator:
             device.status = "detached"
         return device
 
+    def move(self, udid: str, other: Emulator, location_id: int | None = None) -> VirtualDevice:
+        """Carry an iPad to another emulator, as a person carries it to another station: the cable is pulled here
+        and plugged into the other emulator's hub (into `location_id`); it keeps everything it holds. An iPad that
+        is erasing or rebooting comes back on the other side when it is done."""
+        device = self.unplug(udid)
+        del self.devices[udid]
+        self._moved[udid] = other
+        other.devices[udid] = device
+        other._moved.pop(udid, None)
+        other.plug(udid, location_id)
+        return device
+
+    async def wait_erases(self, count: int) -> None:
+        """Until this emulator has acknowledged `count` erase requests (for tests and rehearsals)."""
+        while len(self.erases) < count:
+            await self._erase_seen.wait()
+
+    def _back(self, device: VirtualDevice) -> None:
+        """An iPad done rebooting attaches where its cable is now."""
+        home = self
+        while device.udid in home._moved:
+            home = home._moved[device.udid]
+        if device.udid in home.plugged:
+            home._attach(device)
+
     def _attach(self, device: VirtualDevice) -> None:
         device.device_id = self._next_device_id
         self._next_device_id += 1
@@ -271,6 +299,9 @@ class Emulator:
 
     def erase(self, device: VirtualDevice) -> None:
         """EraseDevice was acknowledged: detach after a moment, wipe, reboot, come back in Setup Assistant."""
+        self.erases.append(device.udid)
+        self._erase_seen.set()
+        self._erase_seen = asyncio.Event()
         device.status = "erasing"
         self._timer(self._erase(device))
 
@@ -282,8 +313,7 @@ class Emulator:
         device.status = "rebooting"
         await self.pause(device.spec.latency.reboot)
         device.status = "detached"
-        if device.udid in self.plugged:
-            self._attach(device)
+        self._back(device)
 
     # -- streams --------------------------------------------------------------------------------------------------
     def open_service(self, device: VirtualDevice, name: str, pair_record: dict[str, Any]) -> int:

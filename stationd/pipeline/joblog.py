@@ -5,14 +5,25 @@ devices and publishes the event. So every write is on the trail; nothing in the 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from stationd.errors import RESTART_JOB_CODES
+from stationd.errors import RESTART_JOB_CODES, FleetUnreachable, Held, HeldElsewhere
 from stationd.export import row as report_row
 from stationd.redact import redact
 from stationd.states import DeviceState, JobStatus
-from stationd.store import Assignment, DeviceRecord, EventRecord, JobRecord, Store, Transition
+from stationd.store import (
+    Assignment,
+    DeviceRecord,
+    EventRecord,
+    JobBusy,
+    JobRecord,
+    Store,
+    StoreUnavailable,
+    Transition,
+    WorkItem,
+)
 
 OnRecord = Callable[[DeviceRecord | None, JobRecord | None, list[EventRecord]], Awaitable[None]]
 
@@ -24,9 +35,19 @@ class JobLog:
         self.on_record = on_record
 
     async def transition(self, udid: str, job: JobRecord, kind: str, **fields: Any) -> JobRecord:
-        """Persist one transition, then hand it on; returns the job as it is afterwards.
+        """Persist one transition of a job this station holds (at the job's fence: refused with LeaseLost once
+        another station took it over), then hand it on; returns the job as it is afterwards.
 
         Every text is redacted first: no credential inside a URL reaches the trail, the API, the plugins or exports."""
+        return await self._transition(udid, job, kind, job.fence, fields)
+
+    async def operator_transition(self, udid: str, job: JobRecord, kind: str, **fields: Any) -> JobRecord:
+        """A transition an operator asked for (skip a step): allowed unless the job runs at another station."""
+        return await self._transition(udid, job, kind, None, fields)
+
+    async def _transition(
+        self, udid: str, job: JobRecord, kind: str, fence: int | None, fields: dict[str, Any]
+    ) -> JobRecord:
         fields = {name: redact(value) for name, value in fields.items()}
         if fields.get("error_code"):
             fields["data"] = {
@@ -35,7 +56,7 @@ class JobLog:
                 "error_message": fields.get("error_message"),
             }
         made: Transition = await self.store.record_transition(
-            udid=udid, job_id=job.id, station_id=self.station_id, kind=kind, **fields
+            udid=udid, job_id=job.id, station_id=self.station_id, kind=kind, fence=fence, **fields
         )
         await self.on_record(made.device, made.job, [made.event])
         return made.job
@@ -56,6 +77,7 @@ class JobLog:
             facts=facts,
             location_id=location_id,
             port_label=label,
+            station_id=self.station_id,
         )
         charge = {"level": facts.get("battery_level"), "charging": facts.get("charging")}
         event = await self.store.add_event(
@@ -67,27 +89,50 @@ class JobLog:
         await self.on_record(device, None, [event])
 
     async def job_for(self, udid: str) -> JobRecord | None:
-        """The job to work on when a device attaches: none once done; a failed job resumes, unless its failure
-        needs a fresh start (an erase again, for a DEP assignment that changed)."""
-        jobs = await self.store.jobs_for(udid)
-        latest = jobs[-1] if jobs else None
-        if latest is not None and latest.status == JobStatus.DONE:
-            return None
-        if latest is not None and latest.status == JobStatus.FAILED and latest.error_code not in RESTART_JOB_CODES:
-            return await self.transition(
-                udid,
-                latest,
-                "job.retried",
-                state=DeviceState.WAITING,
-                job_status=JobStatus.RUNNING,
-                data={"reason": "replugged"},
-            )
-        return await self.open_job(udid)
+        """The job to work on when a device attaches, claimed for this station: none once done; a failed job
+        resumes, unless its failure needs a fresh start (an erase again, for a DEP assignment that changed).
 
-    async def open_job(self, udid: str) -> JobRecord:
-        job = await self.store.open_job(udid, self.station_id)
+        Raises Held while another station holds the job, and while the fleet's database cannot be reached."""
+        try:
+            jobs = await self.store.jobs_for(udid)
+            latest = jobs[-1] if jobs else None
+            if latest is not None and latest.status == JobStatus.DONE:
+                return None
+            retry = (
+                latest is not None and latest.status == JobStatus.FAILED and latest.error_code not in RESTART_JOB_CODES
+            )
+            return await self.claim(udid, retry=retry)
+        except JobBusy as busy:
+            raise HeldElsewhere(
+                f"This iPad is being provisioned at station {busy.owner}: unplug it there first. If that station "
+                f"stopped, this one takes the iPad over when its hold expires (in {busy.remaining:.0f} s).",
+                recheck=min(30.0, busy.remaining + 0.5),
+            ) from busy
+        except StoreUnavailable as unavailable:
+            raise _unreachable("starts") from unavailable
+
+    async def claim(self, udid: str, *, retry: bool = False, reason: str = "replugged") -> JobRecord:
+        job = await self.store.claim_job(udid, self.station_id, retry=retry, reason=reason)
         await self.on_record(await self.store.get_device(udid), job, [])
         return job
+
+    async def held(self, udid: str, held: Held) -> None:
+        """An iPad that waits before this station holds a job for it: its port shows why; nothing is written to
+        its records, which belong to whoever holds its job."""
+        event = await self.store.add_event(
+            "step.held", station_id=self.station_id, udid=udid, data={"error_code": held.code, "message": str(held)}
+        )
+        device = await self.store.get_device(udid)
+        if device is not None:
+            shown = dataclasses.replace(device, state=DeviceState.HELD, error_code=held.code, error_message=str(held))
+            await self.on_record(shown, None, [event])
+
+    async def work_item(self, serial: str) -> WorkItem | None:
+        """What the work list says of this serial, if it is listed."""
+        try:
+            return await self.store.work_item(serial)
+        except StoreUnavailable as unavailable:
+            raise _unreachable("reads the work list") from unavailable
 
     async def finish(self, udid: str, job: JobRecord) -> None:
         """The job is done: `device.done`, then the iPad's report row as `device.reported` (reporters read it
@@ -96,6 +141,7 @@ class JobLog:
             udid=udid,
             job_id=job.id,
             station_id=self.station_id,
+            fence=job.fence,
             kind="device.done",
             state=DeviceState.DONE,
             step="report",
@@ -144,7 +190,10 @@ class JobLog:
         saved = job.step_data.get("numbers", {}).get(counter)
         if isinstance(saved, int):
             return saved, job
-        value = await self.store.allocate_counter(counter)
+        try:
+            value = await self.store.allocate_counter(counter)
+        except StoreUnavailable as unavailable:
+            raise _unreachable("takes its number") from unavailable
         job = await self.transition(
             udid,
             job,
@@ -155,3 +204,11 @@ class JobLog:
             data={"counter": counter, "value": value},
         )
         return value, job
+
+
+def _unreachable(what: str) -> FleetUnreachable:
+    return FleetUnreachable(
+        f"The fleet database cannot be reached: this iPad waits, and {what} by itself when the database is back "
+        "(iPads already in progress carry on).",
+        recheck=10.0,
+    )

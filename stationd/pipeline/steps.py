@@ -20,6 +20,7 @@ from stationd.errors import (
     EnrollmentInvalid,
     EnrollmentUnavailable,
     EraseNotStarted,
+    NotOnWorkList,
     WaitingForAssignment,
 )
 from stationd.ipa import IpaInvalid, read_package
@@ -44,14 +45,29 @@ class Outcome:
 
 
 async def identify(ctx: StepContext) -> Outcome:
-    """What the iPad is (read at every session) and what it arrived with: apps, profiles, supervision, battery
-    health. The arrival inventory stays in the job; the device record keeps the latest (the report step's)."""
+    """What the iPad is (read at every session), what it arrived with (apps, profiles, supervision, battery health)
+    and what the work list says of it. The arrival inventory and the listing stay in the job (later steps need no
+    database); the device record keeps the latest facts (the report step's). With [queue] unknown = "hold", an iPad
+    that is not on the list is held, untouched."""
     facts = ctx.facts
+    listed = await ctx.pipeline.jobs.work_item(facts.serial)
+    if listed is None and ctx.config.queue.unknown == "hold":
+        raise NotOnWorkList(
+            f"iPad {facts.serial} is not on the work list, so the station leaves it untouched. Add its serial "
+            "(stationd queue import) and it starts by itself, or take it away.",
+            recheck=60.0,
+        )
     held = await inventory(ctx.session)
     await ctx.record_facts(held)
-    return Outcome(
-        {"serial": facts.serial, "product_type": facts.product_type, "version": facts.product_version, **held}
-    )
+    data: dict[str, Any] = {
+        "serial": facts.serial,
+        "product_type": facts.product_type,
+        "version": facts.product_version,
+        **held,
+    }
+    if listed is not None:
+        data["listed"] = {"name": listed.name, "group": listed.group, "notes": listed.notes}
+    return Outcome(data)
 
 
 async def charge(ctx: StepContext) -> Outcome:
@@ -223,7 +239,12 @@ async def enroll(ctx: StepContext) -> Outcome:
 
 
 async def name(ctx: StepContext) -> Outcome:
+    """The name from the work list when it gives one, else the pattern's."""
     naming = ctx.config.naming
+    listed = (ctx.job.step_data.get("identify") or {}).get("listed") or {}
+    if listed.get("name"):
+        await ctx.session.set_name(listed["name"])
+        return Outcome({"name": listed["name"], "from": "work list"}, name=listed["name"])
     device_name = naming.device_name(
         org=ctx.config.organization.name,
         serial=ctx.facts.serial,

@@ -13,7 +13,7 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import httpx
@@ -26,9 +26,17 @@ from stationd.pipeline.joblog import JobLog
 from stationd.pipeline.steps import STEP_FUNCTIONS, Outcome, erase_proven
 from stationd.pipeline.timing import Timing
 from stationd.states import DeviceState, JobStatus
-from stationd.store import JobRecord
+from stationd.store import JobRecord, LeaseLost
 
 log = structlog.get_logger("stationd.pipeline")
+
+
+class Settings(Protocol):
+    """Where a job's settings come from when they are not the station's own (a fleet's blueprint)."""
+
+    async def for_job(self, job: JobRecord) -> tuple[Config, list[str], dict[str, Any]]:
+        """The configuration and plan the job runs with, and what to record of them in the job."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -42,11 +50,12 @@ class Pipeline:
     timing: Timing
     http: httpx.AsyncClient
     limiter: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(8))
+    settings: Settings | None = None  # a blueprint's, per job; None: `config` and `plan` for every job
 
 
 @dataclass
 class StepContext:
-    """What a step may use: the open device session, the pipeline's configuration, the job so far."""
+    """What a step may use: the open device session, the job's configuration and plan, the job so far."""
 
     pipeline: Pipeline
     udid: str
@@ -54,18 +63,12 @@ class StepContext:
     facts: DeviceFacts
     job: JobRecord
     port_label: str | None
-
-    @property
-    def config(self) -> Config:
-        return self.pipeline.config
+    config: Config
+    plan: list[str]
 
     @property
     def http(self) -> httpx.AsyncClient:
         return self.pipeline.http
-
-    @property
-    def plan(self) -> list[str]:
-        return self.pipeline.plan
 
     @property
     def identity_certificate(self) -> bytes:
@@ -105,6 +108,8 @@ class DeviceWorker:
         self.running_step = "identify"
         self.recheck = 0.0  # when held: seconds until the step is tried again
         self.held_step: str | None = None  # the step a hold is on: looked at again without a step.started
+        self.held: str | None = None  # the code of what it waits for (outside the station), while it waits
+        self.known = anyio.Event()  # the store has the device's record: its job can be claimed
         self.log = log.bind(udid=udid)
 
     # -- signals from the USB watcher and the operator ------------------------------------------------------------
@@ -130,13 +135,23 @@ class DeviceWorker:
         with self.life:
             while True:
                 await self._wait_attached()
+                await self.known.wait()
                 self.wake = anyio.Event()
                 try:
                     job = await self.jobs.job_for(self.udid)
                     result = "idle" if job is None else await self._attempt(job)
+                except Held as held:  # before any job is this station's: busy elsewhere, fleet unreachable
+                    await self.jobs.held(self.udid, held)
+                    self.log.info("device.held", reason=held.code)
+                    self.recheck, self.held, result = held.recheck, held.code, "held"
+                except LeaseLost as lost:  # another station took the iPad over: nothing more to do here
+                    self.log.warning("job.lease_lost", reason=str(lost))
+                    result = "idle"
                 except Exception:  # e.g. the database refused a write: this iPad waits, the others carry on
                     self.log.exception("device.worker_error")
                     result = "failed"
+                if result != "held":
+                    self.held = None
                 if result in ("idle", "done", "failed"):
                     await self.wake.wait()
                 elif result == "waiting":
@@ -215,12 +230,14 @@ class DeviceWorker:
                     error_message=str(held),
                 )
                 self.log.info("step.held", step=self.running_step, reason=held.code)
-                self.recheck, self.held_step = held.recheck, self.running_step
+                self.recheck, self.held, self.held_step = held.recheck, held.code, self.running_step
                 return "held"
             except StationError as e:
                 if isinstance(e, DeviceGone):
                     raise
                 error, self.held_step = e, None
+            except LeaseLost:
+                raise
             except Exception as e:  # the failure boundary of one iPad; cancellation is a BaseException
                 self.log.exception("step.crashed", step=self.running_step)
                 error = InternalError(
@@ -265,6 +282,12 @@ class DeviceWorker:
             self.log.error("step.failed", step=step, error=error.code, message=message)
             return "failed"
 
+    async def _settings(self, job: JobRecord) -> tuple[Config, list[str], dict[str, Any]]:
+        """The job's configuration and plan: the station's, or the blueprint version the job started with."""
+        if self.pipeline.settings is None:
+            return self.pipeline.config, self.pipeline.plan, {}
+        return await self.pipeline.settings.for_job(job)
+
     async def _steps(self, job: JobRecord) -> str:
         pipeline, jobs = self.pipeline, self.jobs
         self.running_step = "identify"
@@ -284,8 +307,19 @@ class DeviceWorker:
                 facts = await session.facts()
             await jobs.identified(self.udid, facts.as_dict(), self.location_id, self.port_label)
             self.log = log.bind(udid=self.udid, serial=facts.serial, port=self.port_label)
-            ctx = StepContext(pipeline, self.udid, session, facts, job, self.port_label)
-            for step in pipeline.plan:
+            config, steps, settings = await self._settings(job)
+            ctx = StepContext(pipeline, self.udid, session, facts, job, self.port_label, config, steps)
+            if settings and job.step_data.get("blueprint") != settings:
+                ctx.job = await jobs.transition(
+                    self.udid,
+                    ctx.job,
+                    "job.blueprint",
+                    state="identify",
+                    step="identify",
+                    step_data={"blueprint": settings},
+                    data=settings,
+                )
+            for step in steps:
                 if step in ctx.job.completed_steps:
                     continue
                 self.running_step = step

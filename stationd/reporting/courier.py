@@ -22,7 +22,7 @@ import structlog
 
 from stationd.redact import redact_text
 from stationd.reporting.reporter import DeliveryContext, Reporter, Result
-from stationd.store import Delivery, Outcome, Settlement
+from stationd.store import Delivery, Outcome, Settlement, StoreError
 
 if TYPE_CHECKING:
     from stationd.station import Station
@@ -31,6 +31,7 @@ log = structlog.get_logger("stationd.reporting")
 
 IDLE = 30.0  # seconds between looks at the outbox when nothing is due (another station of a fleet may queue)
 PAGE = 1000
+AWAY = 5.0  # seconds before the outbox is tried again when the store cannot be reached (a fleet's database outage)
 
 
 class Courier:
@@ -47,7 +48,7 @@ class Courier:
     async def run(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
         """Deliver until `station.stopping`; start it with `await tasks.start(courier.run)` before the station."""
         if await self.store.report_cursor(self.reader) is None:
-            last = await self.store.last_event_id()
+            last = await self.store.last_seq(self.station_id)
             await self.store.queue_reports([], [], reader=self.reader, read_to=last, station_id=self.station_id)
         released = await self.store.release_deliveries(self.station_id)
         if released:
@@ -87,32 +88,44 @@ class Courier:
         while True:
             await self._trail.wait()
             self._trail = anyio.Event()
-            cursor = await self.store.report_cursor(self.reader) or 0
-            while events := await self.store.list_events(after_id=cursor, limit=PAGE):
-                reported = [event for event in events if event.kind == "device.reported"]
-                made, written = await self.store.queue_reports(
-                    reported, names, reader=self.reader, read_to=events[-1].id, station_id=self.station_id
-                )
-                cursor = events[-1].id
-                for delivery in made:
-                    self.station.view.report(delivery)
-                    self._wake[delivery.reporter].set()
-                await self.station.publish(written)
+            try:
+                await self._queue_reported(names)
+            except StoreError as error:  # each page queued moved the place with it: the rest is read again later
+                log.warning("report.store_unavailable", error=str(error))
+                await anyio.sleep(AWAY)
+                self._trail.set()
+
+    async def _queue_reported(self, names: list[str]) -> None:
+        cursor = await self.store.report_cursor(self.reader) or 0
+        while events := await self.store.station_events(self.station_id, after_seq=cursor, limit=PAGE):
+            reported = [event for event in events if event.kind == "device.reported"]
+            made, written = await self.store.queue_reports(
+                reported, names, reader=self.reader, read_to=events[-1].seq, station_id=self.station_id
+            )
+            cursor = events[-1].seq
+            for delivery in made:
+                self.station.view.report(delivery)
+                self._wake[delivery.reporter].set()
+            await self.station.publish(written)
 
     async def _serve(self, reporter: Reporter, context: DeliveryContext) -> None:
         while True:
             self._wake[reporter.name] = wake = anyio.Event()
-            claimed = await self.store.claim_deliveries(
-                reporter.name,
-                claimer=self.station_id,
-                limit=reporter.batch,
-                lease=reporter.lease,
-                window=reporter.window,
-            )
-            if claimed:
-                await self._deliver(reporter, context, claimed)
-                continue
-            due = await self.store.next_delivery_at(reporter.name, window=reporter.window)
+            try:
+                claimed = await self.store.claim_deliveries(
+                    reporter.name,
+                    claimer=self.station_id,
+                    limit=reporter.batch,
+                    lease=reporter.lease,
+                    window=reporter.window,
+                )
+                if claimed:
+                    await self._deliver(reporter, context, claimed)
+                    continue
+                due = await self.store.next_delivery_at(reporter.name, window=reporter.window)
+            except StoreError as error:  # an unsettled claim lapses with its lease: the delivery is tried again
+                log.warning("report.store_unavailable", reporter=reporter.name, error=str(error))
+                due = time.time() + AWAY
             delay = self.idle if due is None else min(self.idle, max(0.0, due - time.time()))
             with anyio.move_on_after(delay):
                 await wake.wait()

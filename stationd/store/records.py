@@ -49,6 +49,8 @@ class JobRecord:
     finished_at: float | None
     error_code: str | None
     error_message: str | None
+    fence: int = 0  # raised at every hand-over: a station holding an older fence can no longer write the job
+    lease_until: float | None = None  # while running: until when its station holds it (the database's clock)
 
     @property
     def finished(self) -> bool:
@@ -80,3 +82,37 @@ class EventRecord:
     step: str | None
     data: dict
     job_id: int | None = None
+    seq: int = 0  # the event's place in its station's trail: 1, 2, ... in commit order, without gaps
+
+
+@dataclass
+class StationRecord:
+    """One station of a fleet, as its last heartbeat left it."""
+
+    id: str
+    fleet: str
+    info: dict  # host, API URL, version, counts: what the station says of itself (never a secret)
+    last_seen: float
+    age: float  # seconds since its last heartbeat, by the database's clock
+    stopped: bool  # it said goodbye when it stopped
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One serial on the work list, with what the school's list says of it."""
+
+    serial: str
+    name: str | None = None
+    group: str | None = None
+    notes: str | None = None
+
+
+@dataclass
+class BlueprintRecord:
+    """One numbered version of a fleet's provisioning settings."""
+
+    name: str
+    version: int
+    created_at: float
+    station_id: str
+    content: dict

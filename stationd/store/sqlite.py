@@ -15,17 +15,19 @@ import aiosqlite
 import anyio
 
 from stationd.files import private_file, private_folder, tighten
-from stationd.store.base import Store, StoreError, deep_merge
+from stationd.store import rules
+from stationd.store.base import Store, StoreError
 from stationd.store.records import (
-    FINISHED_STATUSES,
     INTERRUPTED,
-    JOB_STATUSES,
     RUNNING,
     UNFINISHED_STATUSES,
+    BlueprintRecord,
     DeviceRecord,
     EventRecord,
     JobRecord,
+    StationRecord,
     Transition,
+    WorkItem,
 )
 from stationd.store.sqlite_outbox import MIGRATION as OUTBOX_MIGRATION
 from stationd.store.sqlite_outbox import SQLiteOutbox
@@ -97,14 +99,90 @@ MIGRATIONS: list[tuple[str, ...]] = [
     ),
     ("CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",),
     OUTBOX_MIGRATION,
+    (
+        # The port is station-local: kept per station, the device row points at where it was placed last.
+        """
+        CREATE TABLE placements (
+            udid TEXT NOT NULL REFERENCES devices (udid),
+            station_id TEXT NOT NULL,
+            location_id INTEGER,
+            port_label TEXT,
+            placed_at REAL NOT NULL,
+            PRIMARY KEY (udid, station_id)
+        )
+        """,
+        "ALTER TABLE devices ADD COLUMN station_id TEXT",
+        """
+        UPDATE devices SET station_id = COALESCE(
+            (SELECT station_id FROM jobs WHERE jobs.udid = devices.udid ORDER BY id DESC LIMIT 1), '')
+        WHERE location_id IS NOT NULL OR port_label IS NOT NULL
+        """,
+        """
+        INSERT INTO placements (udid, station_id, location_id, port_label, placed_at)
+        SELECT udid, station_id, location_id, port_label, updated_at FROM devices WHERE station_id IS NOT NULL
+        """,
+        "ALTER TABLE devices DROP COLUMN location_id",
+        "ALTER TABLE devices DROP COLUMN port_label",
+        # Leases and fences: who holds a running job, until when.
+        "ALTER TABLE jobs ADD COLUMN fence INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE jobs ADD COLUMN lease_until REAL",
+        # Each station's trail, numbered without gaps; a key makes a delivery idempotent.
+        "ALTER TABLE events ADD COLUMN seq INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE events ADD COLUMN key TEXT",
+        """
+        WITH numbered AS (SELECT id, ROW_NUMBER() OVER (PARTITION BY station_id ORDER BY id) AS n FROM events)
+        UPDATE events SET seq = numbered.n FROM numbered WHERE numbered.id = events.id
+        """,
+        "CREATE UNIQUE INDEX events_station_seq ON events (station_id, seq)",
+        "CREATE UNIQUE INDEX events_key ON events (key) WHERE key IS NOT NULL",
+        """
+        CREATE TABLE stations (
+            id TEXT PRIMARY KEY,
+            fleet TEXT NOT NULL DEFAULT '',
+            seq INTEGER NOT NULL DEFAULT 0,
+            info TEXT NOT NULL DEFAULT '{}',
+            last_seen REAL,
+            stopped INTEGER NOT NULL DEFAULT 0
+        )
+        """,
+        "INSERT INTO stations (id, seq) SELECT station_id, MAX(seq) FROM events GROUP BY station_id",
+        """
+        CREATE TABLE worklist (
+            serial TEXT PRIMARY KEY,
+            name TEXT,
+            grp TEXT,
+            notes TEXT,
+            listed_at REAL NOT NULL
+        )
+        """,
+        """
+        CREATE TABLE blueprints (
+            name TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            created_at REAL NOT NULL,
+            station_id TEXT NOT NULL,
+            content TEXT NOT NULL,
+            PRIMARY KEY (name, version)
+        )
+        """,
+        # The courier follows its own station's trail by seq, no longer by the global id: its place, converted.
+        """
+        UPDATE trail_readers SET event_id = COALESCE(
+            (SELECT MAX(e.seq) FROM events e
+             WHERE e.id <= trail_readers.event_id AND 'courier:' || e.station_id = trail_readers.name), 0)
+        """,
+    ),
 ]
 
 
 class SQLiteStore(SQLiteOutbox, Store):
     """Store in one SQLite file (WAL), safe for many device tasks sharing one instance."""
 
-    def __init__(self, path: str | Path, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, path: str | Path, *, clock: Callable[[], float] = time.time, lease: float = rules.DEFAULT_LEASE
+    ) -> None:
         self.path = Path(path)
+        self.lease = lease
         self._clock = clock
         self._db: aiosqlite.Connection | None = None
         self._lock = anyio.Lock()
@@ -154,6 +232,10 @@ class SQLiteStore(SQLiteOutbox, Store):
             if db is not None:
                 await db.close()
 
+    async def now(self) -> float:
+        return self._clock()
+
+    # -- devices --------------------------------------------------------------------------------------------------
     async def upsert_device(
         self,
         udid: str,
@@ -164,24 +246,21 @@ class SQLiteStore(SQLiteOutbox, Store):
         location_id: int | None = None,
         port_label: str | None = None,
         name: str | None = None,
+        station_id: str | None = None,
     ) -> DeviceRecord:
-        given = {
-            "serial": serial,
-            "ecid": ecid,
-            "location_id": location_id,
-            "port_label": port_label,
-            "name": name,
-        }
+        placed = location_id is not None or port_label is not None
+        if placed and station_id is None:
+            raise ValueError("a port is kept per station: give station_id with location_id or port_label")
+        given = {"serial": serial, "ecid": ecid, "name": name}
 
         async def body(db: aiosqlite.Connection) -> DeviceRecord:
             now = self._clock()
             device = await _device(db, udid)
             if device is None:
                 await db.execute(
-                    "INSERT INTO devices (udid, serial, ecid, facts, state, location_id,"
-                    " port_label, name, first_seen, updated_at)"
-                    " VALUES (?, ?, ?, ?, 'new', ?, ?, ?, ?, ?)",
-                    (udid, serial, ecid, _dumps(facts or {}), location_id, port_label, name, now, now),
+                    "INSERT INTO devices (udid, serial, ecid, facts, state, name, first_seen, updated_at)"
+                    " VALUES (?, ?, ?, ?, 'new', ?, ?, ?)",
+                    (udid, serial, ecid, _dumps(facts or {}), name, now, now),
                 )
             else:
                 columns: dict[str, Any] = {column: value for column, value in given.items() if value is not None}
@@ -190,6 +269,15 @@ class SQLiteStore(SQLiteOutbox, Store):
                 columns["updated_at"] = now
                 assignments = ", ".join(f"{column} = ?" for column in columns)
                 await db.execute(f"UPDATE devices SET {assignments} WHERE udid = ?", (*columns.values(), udid))
+            if placed:
+                await db.execute(
+                    "INSERT INTO placements (udid, station_id, location_id, port_label, placed_at)"
+                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (udid, station_id) DO UPDATE SET"
+                    " location_id = COALESCE(excluded.location_id, location_id),"
+                    " port_label = COALESCE(excluded.port_label, port_label), placed_at = excluded.placed_at",
+                    (udid, station_id, location_id, port_label, now),
+                )
+                await db.execute("UPDATE devices SET station_id = ? WHERE udid = ?", (station_id, udid))
             return await _require_device(db, udid)
 
         return await self._atomic(body)
@@ -206,20 +294,24 @@ class SQLiteStore(SQLiteOutbox, Store):
 
         async def body(db: aiosqlite.Connection) -> DeviceRecord | None:
             for column, value in identities:
-                row = await _one(
-                    db,
-                    f"SELECT * FROM devices WHERE {column} = ? ORDER BY updated_at DESC LIMIT 1",
-                    (value,),
-                )
+                row = await _one(db, f"{DEVICES} WHERE d.{column} = ? ORDER BY d.updated_at DESC LIMIT 1", (value,))
                 if row is not None:
                     return _device_record(row)
             return None
 
         return await self._atomic(body, write=False)
 
-    async def list_devices(self) -> list[DeviceRecord]:
+    async def list_devices(self, *, station_id: str | None = None) -> list[DeviceRecord]:
+        where, params = "", tuple[str, ...]()
+        if station_id is not None:
+            where = (
+                " WHERE EXISTS (SELECT 1 FROM placements q WHERE q.udid = d.udid AND q.station_id = ?)"
+                " OR EXISTS (SELECT 1 FROM jobs j WHERE j.udid = d.udid AND j.station_id = ?)"
+            )
+            params = (station_id, station_id)
+
         async def body(db: aiosqlite.Connection) -> list[DeviceRecord]:
-            rows = await db.execute_fetchall("SELECT * FROM devices ORDER BY first_seen, udid")
+            rows = await db.execute_fetchall(f"{DEVICES}{where} ORDER BY d.first_seen, d.udid", params)
             return [_device_record(row) for row in rows]
 
         return await self._atomic(body, write=False)
@@ -238,38 +330,78 @@ class SQLiteStore(SQLiteOutbox, Store):
                 step=device.step,
                 data={"name": device.name, "ecid": device.ecid, "state": device.state, "jobs": jobs["n"]},
             )
-            await db.execute("DELETE FROM jobs WHERE udid = ?", (udid,))
-            await db.execute("DELETE FROM devices WHERE udid = ?", (udid,))
+            for table in ("jobs", "placements", "devices"):
+                await db.execute(f"DELETE FROM {table} WHERE udid = ?", (udid,))
             return True
 
         return await self._atomic(body)
 
-    async def open_job(self, udid: str, station_id: str) -> JobRecord:
+    # -- jobs -----------------------------------------------------------------------------------------------------
+    async def claim_job(
+        self, udid: str, station_id: str, *, retry: bool = False, reason: str = "replugged", lease: float | None = None
+    ) -> JobRecord:
         async def body(db: aiosqlite.Connection) -> JobRecord:
             await _require_device(db, udid)
-            row = await _one(db, "SELECT * FROM jobs WHERE udid = ? AND status IN (?, ?)", (udid, *UNFINISHED_STATUSES))
-            if row is None:
+            jobs = await _jobs(db, "WHERE udid = ?", (udid,))
+            made = rules.claim(
+                jobs,
+                udid,
+                station_id,
+                self._clock(),
+                self.lease if lease is None else lease,
+                retry=retry,
+                reason=reason,
+            )
+            job = made.job
+            if made.new:
                 cursor = await db.execute(
-                    "INSERT INTO jobs (udid, station_id, status, started_at) VALUES (?, ?, ?, ?)",
-                    (udid, station_id, RUNNING, self._clock()),
+                    "INSERT INTO jobs (udid, station_id, status, started_at, fence, lease_until)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (udid, station_id, job.status, job.started_at, job.fence, job.lease_until),
                 )
-                job_id = int(cursor.lastrowid or 0)
-                await self._insert_event(db, "job.started", station_id=station_id, udid=udid, job_id=job_id)
-                return await _require_job(db, job_id)
-            job = _job_record(row)
-            if job.status != RUNNING or job.station_id != station_id:
+                job.id = int(cursor.lastrowid or 0)
+            else:
+                await _write_job(db, job)
+            if made.kind is not None:
+                await self._insert_event(
+                    db, made.kind, station_id=station_id, udid=udid, job_id=job.id, data=made.data or None
+                )
+            return job
+
+        return await self._atomic(body)
+
+    async def renew_leases(self, station_id: str, *, lease: float | None = None) -> list[int]:
+        until = self._clock() + (self.lease if lease is None else lease)
+
+        async def body(db: aiosqlite.Connection) -> list[int]:
+            rows = await db.execute_fetchall(
+                "UPDATE jobs SET lease_until = ? WHERE station_id = ? AND status = ? RETURNING id",
+                (until, station_id, RUNNING),
+            )
+            return sorted(int(row["id"]) for row in rows)
+
+        return await self._atomic(body)
+
+    async def expire_leases(self, station_id: str, *, limit: int = 100) -> list[JobRecord]:
+        async def body(db: aiosqlite.Connection) -> list[JobRecord]:
+            now = self._clock()
+            expired = []
+            for job in await _jobs(db, "WHERE status = ? AND lease_until < ?", (RUNNING, now), limit):
+                job = rules.interrupt(job)
+                await _write_job(db, job)
                 await db.execute(
-                    "UPDATE jobs SET status = ?, station_id = ? WHERE id = ?", (RUNNING, station_id, job.id)
+                    "UPDATE devices SET state = ?, updated_at = ? WHERE udid = ?", (INTERRUPTED, now, job.udid)
                 )
                 await self._insert_event(
                     db,
-                    "job.resumed",
+                    "job.expired",
                     station_id=station_id,
-                    udid=udid,
+                    udid=job.udid,
                     job_id=job.id,
-                    data={"previous_status": job.status, "previous_station_id": job.station_id},
+                    data={"previous_station_id": job.station_id},
                 )
-            return await _require_job(db, job.id)
+                expired.append(job)
+            return expired
 
         return await self._atomic(body)
 
@@ -277,14 +409,19 @@ class SQLiteStore(SQLiteOutbox, Store):
         return await self._atomic(lambda db: _job(db, job_id), write=False)
 
     async def jobs_for(self, udid: str) -> list[JobRecord]:
-        return await self._select_jobs("WHERE udid = ?", (udid,))
+        return await self._atomic(lambda db: _jobs(db, "WHERE udid = ?", (udid,)), write=False)
+
+    async def latest_jobs(self) -> dict[str, JobRecord]:
+        where = "WHERE id IN (SELECT MAX(id) FROM jobs GROUP BY udid)"
+        jobs = await self._atomic(lambda db: _jobs(db, where, ()), write=False)
+        return {job.udid: job for job in jobs}
 
     async def unfinished_jobs(self, *, station_id: str | None = None) -> list[JobRecord]:
         where, params = "WHERE status IN (?, ?)", list[Any](UNFINISHED_STATUSES)
         if station_id is not None:
             where += " AND station_id = ?"
             params.append(station_id)
-        return await self._select_jobs(where, params)
+        return await self._atomic(lambda db: _jobs(db, where, params), write=False)
 
     async def record_transition(
         self,
@@ -303,9 +440,10 @@ class SQLiteStore(SQLiteOutbox, Store):
         job_status: str | None = None,
         name: str | None = None,
         data: dict | None = None,
+        fence: int | None = None,
+        key: str | None = None,
     ) -> Transition:
-        if job_status is not None and job_status not in JOB_STATUSES:
-            raise ValueError(f"job_status must be one of {', '.join(JOB_STATUSES)}, not {job_status!r}")
+        rules.check_status(job_status)
         if error_code is None:
             error_message = None
 
@@ -315,39 +453,31 @@ class SQLiteStore(SQLiteOutbox, Store):
             job = await _require_job(db, job_id)
             if job.udid != udid:
                 raise StoreError(f"job {job_id} belongs to device {job.udid}, not {udid}")
+            if key is not None:
+                done = await _one(db, "SELECT * FROM events WHERE key = ?", (key,))
+                if done is not None:
+                    return Transition(_event_record(done), await _require_device(db, udid), job)
+            rules.check_write(job, station_id, fence, now)
+            job = rules.transition(
+                job,
+                station_id,
+                now,
+                self.lease,
+                completed_step=completed_step,
+                step_data=step_data,
+                attempt_step=attempt_step,
+                job_status=job_status,
+                error_code=error_code,
+                error_message=error_message,
+            )
             await db.execute(
                 "UPDATE devices SET state = ?, step = COALESCE(?, step), name = COALESCE(?, name), error_code = ?,"
                 " error_message = ?, updated_at = ? WHERE udid = ?",
                 (state, step, name, error_code, error_message, now, udid),
             )
-            if completed_step is not None and completed_step not in job.completed_steps:
-                job.completed_steps.append(completed_step)
-            if step_data:
-                job.step_data = deep_merge(job.step_data, step_data)
-            if attempt_step is not None:
-                job.attempts[attempt_step] = job.attempts.get(attempt_step, 0) + 1
-            status = job_status or job.status
-            if status not in FINISHED_STATUSES:
-                job.finished_at = None
-            elif not job.finished:
-                job.finished_at = now
-            job.status, job.error_code, job.error_message = status, error_code, error_message
-            await db.execute(
-                "UPDATE jobs SET status = ?, completed_steps = ?, step_data = ?, attempts = ?,"
-                " finished_at = ?, error_code = ?, error_message = ? WHERE id = ?",
-                (
-                    job.status,
-                    _dumps(job.completed_steps),
-                    _dumps(job.step_data),
-                    _dumps(job.attempts),
-                    job.finished_at,
-                    error_code,
-                    error_message,
-                    job_id,
-                ),
-            )
+            await _write_job(db, job)
             event = await self._insert_event(
-                db, kind, station_id=station_id, udid=udid, step=step, data=data, job_id=job_id
+                db, kind, station_id=station_id, udid=udid, step=step, data=data, job_id=job_id, key=key
             )
             return Transition(event, await _require_device(db, udid), job)
 
@@ -355,25 +485,23 @@ class SQLiteStore(SQLiteOutbox, Store):
 
     async def allocate_counter(self, name: str) -> int:
         async def body(db: aiosqlite.Connection) -> int:
-            await db.execute(
-                "INSERT INTO counters (name, value) VALUES (?, 1) ON CONFLICT (name) DO UPDATE SET value = value + 1",
+            row = await _only(
+                db,
+                "INSERT INTO counters (name, value) VALUES (?, 1) ON CONFLICT (name) DO UPDATE SET value = value + 1"
+                " RETURNING value",
                 (name,),
             )
-            row = await _only(db, "SELECT value FROM counters WHERE name = ?", (name,))
             return int(row["value"])
 
         return await self._atomic(body)
 
     async def mark_interrupted(self, station_id: str) -> list[JobRecord]:
         async def body(db: aiosqlite.Connection) -> list[JobRecord]:
-            rows = await db.execute_fetchall(
-                "SELECT * FROM jobs WHERE station_id = ? AND status = ? ORDER BY id", (station_id, RUNNING)
-            )
             interrupted = []
-            for row in rows:
-                job = _job_record(row)
+            for job in await _jobs(db, "WHERE station_id = ? AND status = ?", (station_id, RUNNING)):
                 device = await _require_device(db, job.udid)
-                await db.execute("UPDATE jobs SET status = ? WHERE id = ?", (INTERRUPTED, job.id))
+                job = rules.interrupt(job)
+                await _write_job(db, job)
                 await db.execute(
                     "UPDATE devices SET state = ?, updated_at = ? WHERE udid = ?",
                     (INTERRUPTED, self._clock(), job.udid),
@@ -387,11 +515,12 @@ class SQLiteStore(SQLiteOutbox, Store):
                     job_id=job.id,
                     data={"previous_state": device.state},
                 )
-                interrupted.append(await _require_job(db, job.id))
+                interrupted.append(job)
             return interrupted
 
         return await self._atomic(body)
 
+    # -- events ---------------------------------------------------------------------------------------------------
     async def add_event(
         self,
         kind: str,
@@ -401,17 +530,17 @@ class SQLiteStore(SQLiteOutbox, Store):
         step: str | None = None,
         data: dict | None = None,
         job_id: int | None = None,
+        key: str | None = None,
     ) -> EventRecord:
         return await self._atomic(
             lambda db: self._insert_event(
-                db, kind, station_id=station_id, udid=udid, step=step, data=data, job_id=job_id
+                db, kind, station_id=station_id, udid=udid, step=step, data=data, job_id=job_id, key=key
             )
         )
 
     async def last_event_id(self) -> int:
         async def body(db: aiosqlite.Connection) -> int:
-            rows = await db.execute_fetchall("SELECT COALESCE(MAX(id), 0) FROM events")
-            return int(list(rows)[0][0])
+            return int((await _only(db, "SELECT COALESCE(MAX(id), 0) AS n FROM events"))["n"])
 
         return await self._atomic(body, write=False)
 
@@ -427,6 +556,119 @@ class SQLiteStore(SQLiteOutbox, Store):
 
         return await self._atomic(body, write=False)
 
+    async def last_seq(self, station_id: str) -> int:
+        async def body(db: aiosqlite.Connection) -> int:
+            row = await _one(db, "SELECT seq FROM stations WHERE id = ?", (station_id,))
+            return int(row["seq"]) if row is not None else 0
+
+        return await self._atomic(body, write=False)
+
+    async def station_events(self, station_id: str, *, after_seq: int = 0, limit: int = 1000) -> list[EventRecord]:
+        async def body(db: aiosqlite.Connection) -> list[EventRecord]:
+            rows = await db.execute_fetchall(
+                "SELECT * FROM events WHERE station_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (station_id, after_seq, limit),
+            )
+            return [_event_record(row) for row in rows]
+
+        return await self._atomic(body, write=False)
+
+    # -- the fleet ------------------------------------------------------------------------------------------------
+    async def heartbeat(self, station_id: str, *, fleet: str, info: dict, stopped: bool = False) -> None:
+        async def body(db: aiosqlite.Connection) -> None:
+            await db.execute(
+                "INSERT INTO stations (id, fleet, info, last_seen, stopped) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET fleet = excluded.fleet, info = excluded.info,"
+                " last_seen = excluded.last_seen, stopped = excluded.stopped",
+                (station_id, fleet, _dumps(info), self._clock(), int(stopped)),
+            )
+
+        await self._atomic(body)
+
+    async def list_stations(self, *, fleet: str | None = None) -> list[StationRecord]:
+        where, params = "WHERE last_seen IS NOT NULL", list[Any]()
+        if fleet is not None:
+            where += " AND fleet = ?"
+            params.append(fleet)
+
+        async def body(db: aiosqlite.Connection) -> list[StationRecord]:
+            now = self._clock()
+            rows = await db.execute_fetchall(f"SELECT * FROM stations {where} ORDER BY id", params)
+            return [
+                StationRecord(
+                    id=row["id"],
+                    fleet=row["fleet"],
+                    info=json.loads(row["info"]),
+                    last_seen=row["last_seen"],
+                    age=max(0.0, now - row["last_seen"]),
+                    stopped=bool(row["stopped"]),
+                )
+                for row in rows
+            ]
+
+        return await self._atomic(body, write=False)
+
+    # -- the work list --------------------------------------------------------------------------------------------
+    async def import_worklist(self, items: list[WorkItem]) -> tuple[int, int]:
+        async def body(db: aiosqlite.Connection) -> tuple[int, int]:
+            before = (await _only(db, "SELECT COUNT(*) AS n FROM worklist"))["n"]
+            now = self._clock()
+            await db.executemany(
+                "INSERT INTO worklist (serial, name, grp, notes, listed_at) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (serial) DO UPDATE SET name = excluded.name, grp = excluded.grp,"
+                " notes = excluded.notes, listed_at = excluded.listed_at",
+                [(item.serial, item.name, item.group, item.notes, now) for item in items],
+            )
+            added = (await _only(db, "SELECT COUNT(*) AS n FROM worklist"))["n"] - before
+            return added, len(items) - added
+
+        return await self._atomic(body)
+
+    async def work_item(self, serial: str) -> WorkItem | None:
+        async def body(db: aiosqlite.Connection) -> WorkItem | None:
+            row = await _one(db, "SELECT * FROM worklist WHERE serial = ?", (serial,))
+            return _work_item(row) if row is not None else None
+
+        return await self._atomic(body, write=False)
+
+    async def list_worklist(self) -> list[WorkItem]:
+        async def body(db: aiosqlite.Connection) -> list[WorkItem]:
+            return [_work_item(row) for row in await db.execute_fetchall("SELECT * FROM worklist ORDER BY serial")]
+
+        return await self._atomic(body, write=False)
+
+    # -- blueprints -----------------------------------------------------------------------------------------------
+    async def push_blueprint(self, name: str, content: dict, *, station_id: str) -> BlueprintRecord:
+        async def body(db: aiosqlite.Connection) -> BlueprintRecord:
+            row = await _only(
+                db, "SELECT COALESCE(MAX(version), 0) + 1 AS version FROM blueprints WHERE name = ?", (name,)
+            )
+            await db.execute(
+                "INSERT INTO blueprints (name, version, created_at, station_id, content) VALUES (?, ?, ?, ?, ?)",
+                (name, row["version"], self._clock(), station_id, _dumps(content)),
+            )
+            return _blueprint(await _only(db, BLUEPRINT + " AND version = ?", (name, row["version"])))
+
+        return await self._atomic(body)
+
+    async def get_blueprint(self, name: str, version: int | None = None) -> BlueprintRecord | None:
+        async def body(db: aiosqlite.Connection) -> BlueprintRecord | None:
+            if version is None:
+                row = await _one(db, BLUEPRINT + " ORDER BY version DESC LIMIT 1", (name,))
+            else:
+                row = await _one(db, BLUEPRINT + " AND version = ?", (name, version))
+            return _blueprint(row) if row is not None else None
+
+        return await self._atomic(body, write=False)
+
+    async def list_blueprints(self) -> list[BlueprintRecord]:
+        async def body(db: aiosqlite.Connection) -> list[BlueprintRecord]:
+            rows = await db.execute_fetchall("SELECT * FROM blueprints ORDER BY name, version")
+            return [_blueprint(row) for row in rows]
+
+        return await self._atomic(body, write=False)
+
+    # -- transactions ---------------------------------------------------------------------------------------------
     async def _atomic(self, body: Body[T], *, write: bool = True) -> T:
         """Run body in one transaction, one call at a time.
 
@@ -478,13 +720,6 @@ class SQLiteStore(SQLiteOutbox, Store):
         await db.execute("INSERT INTO schema_version (version, applied_at) VALUES (?, ?)", (version + 1, self._clock()))
         return True
 
-    async def _select_jobs(self, where: str, params: Iterable[Any]) -> list[JobRecord]:
-        async def body(db: aiosqlite.Connection) -> list[JobRecord]:
-            rows = await db.execute_fetchall(f"SELECT * FROM jobs {where} ORDER BY id", tuple(params))
-            return [_job_record(row) for row in rows]
-
-        return await self._atomic(body, write=False)
-
     async def _insert_event(
         self,
         db: aiosqlite.Connection,
@@ -495,25 +730,49 @@ class SQLiteStore(SQLiteOutbox, Store):
         step: str | None = None,
         data: dict | None = None,
         job_id: int | None = None,
+        key: str | None = None,
     ) -> EventRecord:
+        """Append to the station's trail: its next seq (the single writer commits in that order)."""
+        if key is not None:
+            done = await _one(db, "SELECT * FROM events WHERE key = ?", (key,))
+            if done is not None:
+                return _event_record(done)
+        seq = await _only(
+            db,
+            "INSERT INTO stations (id, seq) VALUES (?, 1) ON CONFLICT (id) DO UPDATE SET seq = seq + 1 RETURNING seq",
+            (station_id,),
+        )
         device = await _device(db, udid) if udid is not None else None
-        cursor = await db.execute(
-            "INSERT INTO events (ts, station_id, kind, udid, serial, location_id, port_label, step,"
-            " job_id, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        placement = None
+        if udid is not None:
+            placement = await _one(db, "SELECT * FROM placements WHERE udid = ? AND station_id = ?", (udid, station_id))
+        row = await _only(
+            db,
+            "INSERT INTO events (ts, station_id, seq, kind, udid, serial, location_id, port_label, step, job_id, data,"
+            " key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
             (
                 self._clock(),
                 station_id,
+                seq["seq"],
                 kind,
                 udid,
                 device.serial if device else None,
-                device.location_id if device else None,
-                device.port_label if device else None,
+                placement["location_id"] if placement else None,
+                placement["port_label"] if placement else None,
                 step,
                 job_id,
                 _dumps(data or {}),
+                key,
             ),
         )
-        return _event_record(await _only(db, "SELECT * FROM events WHERE id = ?", (cursor.lastrowid,)))
+        return _event_record(row)
+
+
+DEVICES = (
+    "SELECT d.*, p.location_id, p.port_label FROM devices d"
+    " LEFT JOIN placements p ON p.udid = d.udid AND p.station_id = d.station_id"
+)
+BLUEPRINT = "SELECT * FROM blueprints WHERE name = ?"
 
 
 def explain(path: Path, error: OSError | sqlite3.Error) -> str:
@@ -577,7 +836,7 @@ async def _only(db: aiosqlite.Connection, sql: str, params: Iterable[Any] = ()) 
 
 
 async def _device(db: aiosqlite.Connection, udid: str) -> DeviceRecord | None:
-    row = await _one(db, "SELECT * FROM devices WHERE udid = ?", (udid,))
+    row = await _one(db, f"{DEVICES} WHERE d.udid = ?", (udid,))
     return _device_record(row) if row is not None else None
 
 
@@ -598,6 +857,31 @@ async def _require_job(db: aiosqlite.Connection, job_id: int) -> JobRecord:
     if job is None:
         raise StoreError(f"unknown job {job_id}")
     return job
+
+
+async def _jobs(db: aiosqlite.Connection, where: str, params: Iterable[Any], limit: int = -1) -> list[JobRecord]:
+    rows = await db.execute_fetchall(f"SELECT * FROM jobs {where} ORDER BY id LIMIT ?", (*params, limit))
+    return [_job_record(row) for row in rows]
+
+
+async def _write_job(db: aiosqlite.Connection, job: JobRecord) -> None:
+    await db.execute(
+        "UPDATE jobs SET station_id = ?, status = ?, completed_steps = ?, step_data = ?, attempts = ?,"
+        " finished_at = ?, error_code = ?, error_message = ?, fence = ?, lease_until = ? WHERE id = ?",
+        (
+            job.station_id,
+            job.status,
+            _dumps(job.completed_steps),
+            _dumps(job.step_data),
+            _dumps(job.attempts),
+            job.finished_at,
+            job.error_code,
+            job.error_message,
+            job.fence,
+            job.lease_until,
+            job.id,
+        ),
+    )
 
 
 def _device_record(row: sqlite3.Row) -> DeviceRecord:
@@ -631,6 +915,22 @@ def _job_record(row: sqlite3.Row) -> JobRecord:
         finished_at=row["finished_at"],
         error_code=row["error_code"],
         error_message=row["error_message"],
+        fence=row["fence"],
+        lease_until=row["lease_until"],
+    )
+
+
+def _work_item(row: sqlite3.Row) -> WorkItem:
+    return WorkItem(serial=row["serial"], name=row["name"], group=row["grp"], notes=row["notes"])
+
+
+def _blueprint(row: sqlite3.Row) -> BlueprintRecord:
+    return BlueprintRecord(
+        name=row["name"],
+        version=row["version"],
+        created_at=row["created_at"],
+        station_id=row["station_id"],
+        content=json.loads(row["content"]),
     )
 
 
@@ -647,4 +947,5 @@ def _event_record(row: sqlite3.Row) -> EventRecord:
         step=row["step"],
         data=json.loads(row["data"]),
         job_id=row["job_id"],
+        seq=row["seq"],
     )

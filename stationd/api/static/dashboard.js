@@ -33,6 +33,7 @@ const ICONS = {
 const LOW_BATTERY = 20;
 const DEBOUNCE_MS = 150;
 const POLL_MS = 30000;
+const FLEET_MS = 5000; // the fleet view and the database's health, asked again
 const RECONNECT_MS = 3000;
 
 const tiles = new Map();
@@ -259,8 +260,58 @@ async function loadStation() {
     const station = await fetchJSON("/api/station");
     $("station").textContent = station.id;
     $("organization").textContent = station.organization || "";
+    renderOutage(station.store || { reachable: true });
+    fleetShown = Boolean(station.fleet);
+    if (fleetShown) refreshFleet();
   } catch (error) {
     setConnection(false);
+  }
+}
+
+function renderOutage(store) {
+  const outage = $("outage");
+  if (store.reachable && !store.waiting) {
+    outage.hidden = true;
+    return;
+  }
+  const since = store.since ? ` since ${new Date(store.since * 1000).toLocaleTimeString()}` : "";
+  outage.textContent = store.reachable
+    ? `Fleet database back: delivering ${store.waiting} writes from this station's journal`
+    : `Fleet database unreachable${since}: iPads in progress carry on, new iPads wait; ` +
+      `${store.waiting} writes wait in this station's journal`;
+  outage.hidden = false;
+}
+
+let fleetShown = false;
+
+function renderFleet(data) {
+  $("fleet-name").textContent = `Fleet ${data.fleet}`;
+  const holder = $("fleet-stations");
+  holder.replaceChildren();
+  for (const station of data.stations) {
+    const card = element("article", station.reachable ? "station" : "station unreachable", holder);
+    const title = element("h3", "", card);
+    title.textContent = station.self ? `${station.id} (this station)` : station.id;
+    const counts = station.counts || {};
+    const line = element("p", "station-counts", card);
+    line.textContent = station.reachable
+      ? `${counts.done || 0} done · ${(counts.busy || 0) + (counts.waiting || 0)} busy · ${counts.failed || 0} need a hand`
+      : "not answering";
+    const dots = element("div", "dots", card);
+    for (const port of station.ports || []) {
+      const dot = element("span", `dot s-${port.status}`, dots);
+      dot.title = `${port.label}: ${port.status}${port.device && port.device.serial ? ` (${port.device.serial})` : ""}`;
+    }
+  }
+  $("fleet").hidden = false;
+}
+
+async function refreshFleet() {
+  if (!fleetShown) return;
+  try {
+    renderFleet(await fetchJSON("/api/fleet"));
+  } catch (error) {
+    $("fleet").hidden = true;
   }
 }
 
@@ -291,4 +342,5 @@ document.addEventListener("DOMContentLoaded", () => {
   connect();
   setInterval(() => tiles.forEach(tick), 1000);
   setInterval(refresh, POLL_MS);
+  setInterval(loadStation, FLEET_MS);
 });
