@@ -17,8 +17,10 @@ from stationd.apple.client import AppleClient, AppleError, BudgetSpent
 from stationd.apple.settings import AsmSettings, read_settings
 from stationd.apple.worklist import SerialFile, SerialList, SerialSource, WorkListError, assign_serials
 from stationd.cli.common import CONFIG_OPTION_HELP, error_exit, load_or_exit
+from stationd.config import Config
+from stationd.fleet.storage import store_for
 from stationd.plugins import PluginConfigError
-from stationd.store import Assignment, Store, StoreError, open_store
+from stationd.store import Assignment, Store, StoreError
 
 T = TypeVar("T")
 
@@ -30,7 +32,7 @@ asm_app = typer.Typer(
 WORK_LIST_HELP = "A file of serials: one per line, or a CSV with a serial column (stationd export writes one)."
 
 
-def _settings(config: Path | None) -> tuple[AsmSettings, Path]:
+def _settings(config: Path | None) -> tuple[AsmSettings, Config]:
     loaded = load_or_exit(config)
     table = loaded.plugins.settings.get("asm")
     if table is None:
@@ -39,16 +41,16 @@ def _settings(config: Path | None) -> tuple[AsmSettings, Path]:
             "(the API account of Apple School Manager › Preferences › API)"
         )
     try:
-        return read_settings(table), Path(loaded.station.database)
+        return read_settings(table), loaded
     except PluginConfigError as error:
         error_exit(str(error))
 
 
 def _run(config: Path | None, work: Callable[[AsmSettings, AppleClient, Store], Awaitable[T]]) -> T:
-    settings, database = _settings(config)
+    settings, loaded = _settings(config)
 
     async def main() -> T:
-        async with open_store(database) as store, settings.session(store) as client:
+        async with store_for(loaded) as store, settings.session(store) as client:
             return await work(settings, client, store)
 
     try:
@@ -124,7 +126,13 @@ def assign_command(
 
     Example: stationd asm assign --work-list cart-12.txt --to "Lincoln Jamf"
     """
-    source = _source(serials or [], work_list)
+    if assign_and_show(config, _source(serials or [], work_list), to):
+        raise typer.Exit(1)
+
+
+def assign_and_show(config: Path | None, source: SerialSource, to: str | None) -> int:
+    """Assign `source`'s serials (to `to`, or the server of [plugins.asm]), show each verdict; how many did not move.
+    `stationd asm assign` and `stationd queue import --assign` both do it."""
 
     async def work(settings: AsmSettings, client: AppleClient, store: Store) -> int:
         def waiting(message: str, after: float) -> None:
@@ -141,8 +149,7 @@ def assign_command(
         typer.echo(f"{moved} of {len(verdicts)} serials assigned to {to or settings.server}")
         return len(verdicts) - moved
 
-    if _run(config, work):
-        raise typer.Exit(1)
+    return _run(config, work)
 
 
 async def _patiently(call: Callable[..., Awaitable[T]], *args: Any) -> T:

@@ -24,8 +24,9 @@ from stationd.config import Config
 from stationd.device import DeviceSession
 from stationd.device.inventory import inventory
 from stationd.errors import NotTrusted, StationError
+from stationd.fleet.storage import store_for
 from stationd.identity import Identity, IdentityError, load_identity
-from stationd.store import StoreError, open_store
+from stationd.store import StoreError
 from stationd.usbmux.address import UsbmuxAddress, resolve
 
 LOG_SECONDS = 2.0  # how long --log listens to the console
@@ -109,10 +110,10 @@ async def inspect_ipad(
 
 
 async def _known(config: Config) -> dict[str, Any]:
-    """The station's device records by UDID ({} before the station has run)."""
-    if not await anyio.Path(config.station.database).exists():
+    """The station's (or its fleet's) device records by UDID ({} before the station has run)."""
+    if config.store.url is None and not await anyio.Path(config.station.database).exists():
         return {}
-    async with open_store(config.station.database) as store:
+    async with store_for(config) as store:
         return {device.udid: device for device in await store.list_devices()}
 
 

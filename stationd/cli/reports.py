@@ -11,7 +11,8 @@ from rich.console import Console
 from rich.table import Table
 
 from stationd.cli.common import CONFIG_OPTION_HELP, error_exit, load_or_exit
-from stationd.store import Delivery, StoreError, open_store
+from stationd.fleet.storage import store_for
+from stationd.store import Delivery, StoreError
 
 
 def reports_command(
@@ -31,11 +32,11 @@ def reports_command(
     loaded = load_or_exit(config)
     if status is not None and status not in ("pending", "done", "failed"):
         error_exit(f"--status must be pending, done or failed, not {status!r}")
-    if not Path(loaded.station.database).exists():
+    if loaded.store.url is None and not Path(loaded.station.database).exists():
         error_exit(f"no database at {loaded.station.database}: the station has not run yet")
 
     async def read() -> tuple[list[Delivery], int]:
-        async with open_store(loaded.station.database) as store:
+        async with store_for(loaded) as store:
             again = 0
             if retry:
                 requeued, _ = await store.requeue_deliveries(station_id=loaded.station.id, reporter=reporter)
