@@ -1,4 +1,4 @@
-"""DEP pre-assignment: a work list assigned with `stationd asm assign --work-list` (the work list's --assign) in
+"""DEP pre-assignment: a work list assigned with `stationd asm assign --work-list` (or `queue import --assign`) in
 one verified activity; in DEP mode an iPad whose serial is not assigned yet is held, not erased, and goes on once
 it is."""
 
@@ -69,11 +69,17 @@ async def test_a_work_list_assigned_before_the_erase_and_an_unassigned_ipad_held
                 assert rig.device(unlisted.udid)["erase_count"] == 0, "held before the erase"
                 assert station.view.ports[view.port_label or ""][1] == PortStatus.HELD
 
-                # once assigned (here by hand), the held iPad goes on: erased once, with our configuration
-                command[command.index("--work-list") + 1] = str(tmp_path / "late.txt")
-                (tmp_path / "late.txt").write_text(unlisted.serial + "\n")
-                late = await anyio.run_process(command, env=dict(os.environ, HOME=str(tmp_path / "home")), check=False)
+                # once put on the work list and assigned with it, the held iPad goes on: erased once, ours
+                (tmp_path / "late.csv").write_text(f"serial\n{unlisted.serial}\n")
+                late = await anyio.run_process(
+                    [sys.executable, "-m", "stationd.cli", "queue", "import", str(tmp_path / "late.csv"), "--assign"]
+                    + ["--to", "Lincoln MDM", "--config", str(config)],
+                    env=dict(os.environ, HOME=str(tmp_path / "home")),
+                    check=False,
+                )
                 assert late.returncode == 0, late.stderr.decode()
+                assert "1 serials added" in late.stdout.decode() and "1 of 1 serials assigned" in late.stdout.decode()
+                assert apple.api.posts == 2
                 await station.retry(unlisted.udid)  # the operator's nudge instead of waiting for the recheck
                 with anyio.fail_after(60):
                     async for event in events:

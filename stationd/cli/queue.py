@@ -10,6 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from stationd.apple.worklist import SerialList
+from stationd.cli.asm import assign_and_show
 from stationd.cli.common import CONFIG_OPTION_HELP, error_exit, load_or_exit
 from stationd.export import to_csv, to_json
 from stationd.files import write_private_file
@@ -58,6 +60,15 @@ def import_command(
     ),
     config: Path | None = typer.Option(None, "--config", help=CONFIG_OPTION_HELP),
     dry_run: bool = typer.Option(False, "--dry-run", help="Check the file, import nothing."),
+    assign: bool = typer.Option(
+        False,
+        "--assign",
+        help="Then assign the serials to the MDM server of [plugins.asm] in Apple School/Business Manager, verified "
+        "(as stationd asm assign does). Exit code 1 when any did not move.",
+    ),
+    to: str | None = typer.Option(
+        None, "--to", help="With --assign: the MDM server's name instead of [plugins.asm]'s."
+    ),
 ) -> None:
     """Import the serials to be done, from the CSV file you already have.
 
@@ -65,10 +76,13 @@ def import_command(
     column named "serial" (or only serial numbers, one a line); optional columns "name" (the iPad gets this name
     instead of the naming pattern's), "group" (or "tag") and "notes". Cells may be separated by , or ; or tabs.
     Every problem is listed with its line, and nothing is imported unless the whole file is right. A serial
-    already on the list is updated.
+    already on the list is updated. With --assign, the serials are also assigned to your MDM server in Apple
+    School/Business Manager (DEP mode: an iPad waits at the station until its serial is assigned).
 
-    Example: stationd queue import serials.csv
+    Examples: stationd queue import serials.csv; stationd queue import serials.csv --assign
     """
+    if to is not None and not assign:
+        error_exit("--to names the server for --assign: add --assign, or leave --to out")
     loaded = load_or_exit(config)
     try:
         data = file.read_bytes()
@@ -88,6 +102,8 @@ def import_command(
 
     added, updated = _read(loaded, run)
     typer.echo(f"imported {file}: {added} serials added, {updated} updated")
+    if assign and assign_and_show(config, SerialList([item.serial for item in items]), to):
+        raise typer.Exit(1)
 
 
 @queue_app.command("export")
