@@ -3,6 +3,7 @@ real one checks (signed assertion, claims, Accept, JSON:API bodies, budgets)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -34,13 +35,13 @@ async def finished(store: Store, serials: list[str]) -> list[Delivery]:
     for serial in serials:
         udid = f"UDID-{serial}"
         await store.upsert_device(udid, serial=serial)
-        job = await store.open_job(udid, "st")
+        job = await store.claim_job(udid, "st")
         events.append(
             await store.add_event(
                 "device.reported", station_id="st", udid=udid, job_id=job.id, data={"device": {"serial": serial}}
             )
         )
-    await store.queue_reports(events, ["asm"], reader="test", read_to=events[-1].id, station_id="st")
+    await store.queue_reports(events, ["asm"], reader="test", read_to=events[-1].seq, station_id="st")
     return await store.claim_deliveries("asm", claimer="st", limit=1000, lease=600)
 
 
@@ -254,3 +255,42 @@ async def test_asm_servers_and_check_on_the_command_line(tmp_path: Path) -> None
             [*base, "servers", "--config", str(tmp_path / "none.toml")], env=env, check=False
         )
         assert missing.returncode == 2
+
+
+async def test_three_stations_of_a_fleet_make_one_activity_of_a_window(tmp_path: Path, pg_url: str) -> None:
+    """Each station of a fleet queues its own finished iPads, all in one outbox: whichever station claims the
+    gathered batch first moves every station's serials in one activity; the others claim nothing."""
+    stations = ("st-1", "st-2", "st-3")
+    async with fake_apple(tmp_path) as apple, contextlib.AsyncExitStack() as stack:
+        stores = [await stack.enter_async_context(open_store(pg_url)) for _ in stations]
+        serials = [f"F{n}{i:04d}XYZ" for n in range(3) for i in range(4)]
+        apple.api.add_devices(serials)
+        for number, (station, store) in enumerate(zip(stations, stores, strict=True)):
+            events = []
+            for serial in serials[number * 4 : number * 4 + 4]:
+                await store.upsert_device(f"UDID-{serial}", serial=serial)
+                job = await store.claim_job(f"UDID-{serial}", station)
+                events.append(
+                    await store.add_event(
+                        "device.reported",
+                        station_id=station,
+                        udid=f"UDID-{serial}",
+                        job_id=job.id,
+                        data={"device": {"serial": serial}},
+                    )
+                )
+            await store.queue_reports(events, ["asm"], reader=station, read_to=events[-1].seq, station_id=station)
+        asm = reporter(apple)
+        claims: dict[str, list[Delivery]] = {}
+
+        async def claim(station: str, store: Store) -> None:
+            claims[station] = await store.claim_deliveries("asm", claimer=station, limit=12, lease=600, window=3600)
+
+        async with anyio.create_task_group() as tasks:
+            for station, store in zip(stations, stores, strict=True):
+                tasks.start_soon(claim, station, store)
+        [(station, claimed)] = [(s, c) for s, c in claims.items() if c]
+        results = await asm.deliver(claimed, DeliveryContext(stores[0], station, structlog.get_logger("test")))
+        await asm.close()
+    assert len(claimed) == 12 and {r.outcome for r in results.values()} == {Outcome.DONE}
+    assert apple.api.posts == 1 and [sorted(a.serials) for a in apple.api.activities.values()] == [sorted(serials)]
