@@ -56,6 +56,16 @@ class Delivery:
     updated_at: float
     done_at: float | None
 
+    def event_data(self) -> dict[str, Any]:
+        """What its events on the trail carry (report.queued, report.done, ...)."""
+        return {
+            "reporter": self.reporter,
+            "key": self.key,
+            "status": self.status,
+            "message": self.message,
+            "attempts": self.attempts,
+        }
+
     def summary(self) -> dict[str, Any]:
         """What the API, the dashboard and exports show of it."""
         return {
@@ -88,5 +98,11 @@ class Assignment:
     activity: str | None = None
     checked_at: float = 0.0
 
+    @classmethod
+    def from_row(cls, row: Any) -> Assignment:
+        """From a row of the apple_assignments table (any backend's)."""
+        return cls(**{name: row[name] for name in ASSIGNMENT_COLUMNS})
+
 
 ASSIGNMENT_STATUSES = ("assigned", "pending", "wanted", "failed", "unknown")
+ASSIGNMENT_COLUMNS = ("serial", "status", "server", "message", "activity", "checked_at")

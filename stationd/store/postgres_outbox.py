@@ -342,17 +342,7 @@ class PostgresOutbox(Outbox):
 
         async def body(conn: Conn) -> dict[str, Assignment]:
             rows = await fetch_all(conn, f"SELECT * FROM apple_assignments {where}", *params)
-            return {
-                row["serial"]: Assignment(
-                    serial=row["serial"],
-                    status=row["status"],
-                    server=row["server"],
-                    message=row["message"],
-                    activity=row["activity"],
-                    checked_at=row["checked_at"],
-                )
-                for row in rows
-            }
+            return {row["serial"]: Assignment.from_row(row) for row in rows}
 
         return await self._atomic(body, write=False)
 
@@ -363,13 +353,7 @@ class PostgresOutbox(Outbox):
             station_id=station_id,
             udid=delivery.udid,
             job_id=delivery.job_id,
-            data={
-                "reporter": delivery.reporter,
-                "key": delivery.key,
-                "status": delivery.status,
-                "message": delivery.message,
-                "attempts": delivery.attempts,
-            },
+            data=delivery.event_data(),
         )
 
 

@@ -349,18 +349,9 @@ class SQLiteOutbox(Outbox):
         async def body(db: aiosqlite.Connection) -> dict[str, Assignment]:
             where, params = ("WHERE status = ?", (status,)) if status is not None else ("", ())
             rows = await db.execute_fetchall(f"SELECT * FROM apple_assignments {where}", params)
-            found = {}
-            for row in rows:
-                if wanted is None or row["serial"] in wanted:
-                    found[row["serial"]] = Assignment(
-                        serial=row["serial"],
-                        status=row["status"],
-                        server=row["server"],
-                        message=row["message"],
-                        activity=row["activity"],
-                        checked_at=row["checked_at"],
-                    )
-            return found
+            return {
+                row["serial"]: Assignment.from_row(row) for row in rows if wanted is None or row["serial"] in wanted
+            }
 
         return await self._atomic(body, write=False)
 
@@ -373,13 +364,7 @@ class SQLiteOutbox(Outbox):
             station_id=station_id,
             udid=delivery.udid,
             job_id=delivery.job_id,
-            data={
-                "reporter": delivery.reporter,
-                "key": delivery.key,
-                "status": delivery.status,
-                "message": delivery.message,
-                "attempts": delivery.attempts,
-            },
+            data=delivery.event_data(),
         )
 
 
