@@ -3,15 +3,17 @@
 Starts a throw-away cluster (durable settings: fsync and synchronous commit on) and prints:
 
 1. fleet: N stations x 64 iPads, synthetic workers driving the store contract (no emulator): each iPad claims its
-   job, then runs 8 steps (step.started and step.finished, `--think` seconds apart, as a real step takes), then is
-   done; transitions per second and transition latency p50/p99, for N = 10 to 100 stations;
+   job, then runs 8 steps (step.started and step.finished, `--think` seconds apart on average, as a real step takes:
+   each pause drawn between half and one and a half times it, and the iPads plugged in over one such pause, not in
+   the same millisecond), then is done; transitions per second and transition latency p50/p99, for N = 10 to 100
+   stations; `--lockstep` keeps every iPad in step with the others (the worst case: every transition at once);
 2. claims: 3 station processes claiming 64 iPads each, over and over: claims per second, and the conflicts a
    device would see (busy refusals, errors, retries): the target is none;
 3. added latency of one transition, PostgreSQL on loopback against SQLite (one worker, p50/p99);
 4. NOTIFY to bus: another process writes an event in a station's trail; the station hears the notification, reads
    its trail and publishes on its bus (as Station does): p50/p99.
 
-    .venv/bin/python bench/fleet_bench.py [--stations 10 25 50 100] [--think 2.0] [--steps 8]
+    .venv/bin/python bench/fleet_bench.py [--stations 10 25 50 100] [--think 2.0] [--steps 8] [--lockstep]
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import random
 import statistics
 import subprocess
 import sys
@@ -46,7 +50,12 @@ def ms(seconds: float) -> str:
 
 
 # -- 1. a fleet of synthetic stations ---------------------------------------------------------------------------------
-async def ipad(store: Store, station: str, udid: str, steps: int, think: float, latencies: list[float]) -> None:
+async def ipad(
+    store: Store, station: str, udid: str, steps: int, think: float, lockstep: bool, latencies: list[float]
+) -> None:
+    pause = (lambda: think) if lockstep else (lambda: random.uniform(0.5 * think, 1.5 * think))
+    if not lockstep:
+        await asyncio.sleep(random.uniform(0, think))
     await store.upsert_device(udid, serial=udid[-10:], port_label=udid[-2:], station_id=station)
     job = await store.claim_job(udid, station)
     for index in range(steps):
@@ -65,7 +74,7 @@ async def ipad(store: Store, station: str, udid: str, steps: int, think: float, 
             )
             latencies.append(time.perf_counter() - started)
             job = made.job
-            await asyncio.sleep(think)
+            await asyncio.sleep(pause())
     started = time.perf_counter()
     await store.record_transition(
         udid=udid,
@@ -79,12 +88,23 @@ async def ipad(store: Store, station: str, udid: str, steps: int, think: float, 
     latencies.append(time.perf_counter() - started)
 
 
-async def fleet(url: str, stations: int, steps: int, think: float) -> dict[str, float]:
+def busy_cpu() -> float:
+    """Seconds of CPU the whole machine has spent busy (Linux /proc/stat; NaN elsewhere)."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return float("nan")
+    ticks = [int(field) for field in fields]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+
+
+async def fleet(url: str, stations: int, steps: int, think: float, lockstep: bool) -> dict[str, float]:
     stores = [open_store(url, pool_size=2, timeout=30) for _ in range(stations)]
     for store in stores:
         await store.open()
     latencies: list[float] = []
     started = time.perf_counter()
+    client_before, machine_before = time.process_time(), busy_cpu()
     try:
         async with asyncio.TaskGroup() as tasks:
             for index, store in enumerate(stores):
@@ -96,6 +116,7 @@ async def fleet(url: str, stations: int, steps: int, think: float) -> dict[str, 
                             f"U{stations:03d}{index:03d}{device:04d}",
                             steps,
                             think,
+                            lockstep,
                             latencies,
                         )
                     )
@@ -103,7 +124,11 @@ async def fleet(url: str, stations: int, steps: int, think: float) -> dict[str, 
         for store in stores:
             await store.close()
     elapsed = time.perf_counter() - started
+    client = time.process_time() - client_before
+    server = busy_cpu() - machine_before - client
     return {
+        "client_cpu": client / len(latencies),
+        "server_cpu": server / len(latencies),
         "stations": stations,
         "ipads": stations * IPADS,
         "transitions": len(latencies),
@@ -233,16 +258,21 @@ async def notify_to_bus(url: str, count: int) -> list[float]:
 async def main(args: argparse.Namespace) -> None:
     settings = {"max_connections": "400", "fsync": "on", "full_page_writes": "on", "shared_buffers": "256MB"}
     with cluster(**settings) as running:
-        print(f"PostgreSQL on loopback (fsync on); {IPADS} iPads per station, {args.steps} steps, think {args.think} s")
+        print(
+            f"PostgreSQL on loopback (fsync on); {IPADS} iPads per station, {args.steps} steps, think {args.think} s"
+            + (" in lockstep" if args.lockstep else " on average")
+        )
         print("\n1. fleet: stations x 64 iPads on one database")
         print(
             f"{'stations':>9} {'iPads':>6} {'transitions':>12} {'per second':>11} {'p50':>10} {'p99':>10} {'wall':>7}"
+            f" {'CPU/transition: workers':>24} {'the rest (server)':>18}"
         )
         for stations in args.stations:
-            figures = await fleet(running.create_database(), stations, args.steps, args.think)
+            figures = await fleet(running.create_database(), stations, args.steps, args.think, args.lockstep)
             print(
                 f"{stations:>9} {figures['ipads']:>6} {figures['transitions']:>12} {figures['per_second']:>11.0f}"
                 f" {ms(figures['p50'])} {ms(figures['p99'])} {figures['elapsed']:>6.1f}s"
+                f" {ms(figures['client_cpu']):>24} {ms(figures['server_cpu']):>18}"
             )
 
         print("\n2. claims: 3 station processes x 64 iPads, claim then done, over and over")
@@ -275,6 +305,7 @@ if __name__ == "__main__":
     parser.add_argument("--stations", type=int, nargs="+", default=[10, 25, 50, 100])
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--think", type=float, default=2.0, help="Seconds between a step's start and its end.")
+    parser.add_argument("--lockstep", action="store_true", help="Every iPad in step with the others (worst case).")
     parser.add_argument("--claim-seconds", type=float, default=10.0)
     parser.add_argument("--single", type=int, default=2000, help="Transitions for the one-worker comparison.")
     parser.add_argument("--notices", type=int, default=300)
