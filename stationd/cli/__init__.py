@@ -11,9 +11,11 @@ from __future__ import annotations
 import typer
 
 from stationd.cli import asm, blueprint, fleet, inspect, ports, queue, read, reports, run, setup
+from stationd.cli.common import HELP_MARKUP
 from stationd.emulator.command import emulator_command
 
 app = typer.Typer(
+    rich_markup_mode=HELP_MARKUP,
     name="stationd",
     help="Enrollment station for iPads: plug them in and walk away.",
     no_args_is_help=True,

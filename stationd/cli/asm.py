@@ -16,7 +16,7 @@ from stationd.apple.assign import where_is
 from stationd.apple.client import AppleClient, AppleError, BudgetSpent
 from stationd.apple.settings import AsmSettings, read_settings
 from stationd.apple.worklist import SerialFile, SerialList, SerialSource, WorkListError, assign_serials
-from stationd.cli.common import CONFIG_OPTION_HELP, error_exit, load_or_exit
+from stationd.cli.common import CONFIG_OPTION_HELP, HELP_MARKUP, error_exit, load_or_exit
 from stationd.config import Config
 from stationd.fleet.storage import store_for
 from stationd.plugins import PluginConfigError
@@ -25,6 +25,7 @@ from stationd.store import Assignment, Store, StoreError
 T = TypeVar("T")
 
 asm_app = typer.Typer(
+    rich_markup_mode=HELP_MARKUP,
     help="Apple School Manager / Apple Business Manager: MDM servers, where serials are, assigning them. Uses the "
     "API account of [plugins.asm] in the configuration.",
     no_args_is_help=True,

@@ -9,7 +9,7 @@ from typing import Any
 import anyio
 import typer
 
-from stationd.cli.common import CONFIG_OPTION_HELP, error_exit, load_or_exit
+from stationd.cli.common import CONFIG_OPTION_HELP, HELP_MARKUP, error_exit, load_or_exit
 from stationd.config import Config
 from stationd.errors import ConfigurationError
 from stationd.fleet import blueprint
@@ -17,6 +17,7 @@ from stationd.fleet.storage import fleet_secret, store_for
 from stationd.store import StoreError
 
 blueprint_app = typer.Typer(
+    rich_markup_mode=HELP_MARKUP,
     help="Blueprints: one set of provisioning settings for the whole fleet, in the fleet's database.",
     no_args_is_help=True,
 )

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NoReturn
+from typing import Literal, NoReturn
 
 import typer
 
 from stationd.config import Config, ConfigError, default_config_path, load_config
 
+# Help texts are read as Markdown: a paragraph is reflowed to the terminal's width (rich's own markup would keep the
+# docstrings' line breaks and take "[plugins.asm]" or "[queue] unknown" for style tags and drop them).
+HELP_MARKUP: Literal["markdown"] = "markdown"
 CONFIG_OPTION_HELP = "Configuration file. Default: $STATIOND_CONFIG, else the system-wide stationd.toml."
 
 

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from stationd.apple.worklist import SerialList
 from stationd.cli.asm import assign_and_show
-from stationd.cli.common import CONFIG_OPTION_HELP, error_exit, load_or_exit
+from stationd.cli.common import CONFIG_OPTION_HELP, HELP_MARKUP, error_exit, load_or_exit
 from stationd.export import to_csv, to_json
 from stationd.files import write_private_file
 from stationd.fleet import worklist
@@ -20,6 +20,7 @@ from stationd.fleet.storage import store_for
 from stationd.store import StoreError
 
 queue_app = typer.Typer(
+    rich_markup_mode=HELP_MARKUP,
     help="The work list: the serials to be done, shared by every station of the fleet.",
     invoke_without_command=True,
 )

@@ -8,7 +8,7 @@ from pathlib import Path
 import anyio
 import typer
 
-from stationd.cli.common import CONFIG_OPTION_HELP, error_exit
+from stationd.cli.common import CONFIG_OPTION_HELP, HELP_MARKUP, error_exit
 from stationd.config import ConfigError, check_config, default_config_path, example_config, load_config
 from stationd.doctor import run_checks
 from stationd.files import write_private_file
@@ -73,6 +73,7 @@ def check_config_command(
 
 
 identity_app = typer.Typer(
+    rich_markup_mode=HELP_MARKUP,
     help="The supervision identity: the certificate and key that prove the iPads belong to your organisation.",
     no_args_is_help=True,
 )

@@ -71,6 +71,7 @@ def emulator_command(
     3. stationd run, and watch: curl http://127.0.0.1:7780/devices
     4. pull a cable: curl -X POST -H 'Content-Type: application/json'
        http://127.0.0.1:7780/devices/UDID/unplug
+
     Or use pymobiledevice3: export USBMUXD_SOCKET_ADDRESS=/tmp/ipads.sock
 
     Control API: GET /devices, GET /devices/UDID, POST /devices (add an iPad:
