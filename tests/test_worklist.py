@@ -95,7 +95,9 @@ def test_the_commands_import_whole_files_only_then_show_and_export_progress(tmp_
 
     refused = runner.invoke(app, ["queue", "import", str(bad), "--config", str(config)])
     assert refused.exit_code == 2 and "line 3: 'nope' is not a serial number" in refused.output
-    assert "empty" in runner.invoke(app, ["queue", "--config", str(config)]).output
+    cannot_assign = runner.invoke(app, ["queue", "import", str(good), "--assign", "--config", str(config)])
+    assert cannot_assign.exit_code != 0 and "the configuration has no [plugins.asm]" in cannot_assign.output
+    assert "empty" in runner.invoke(app, ["queue", "--config", str(config)]).output, "nothing imported without it"
     dry = runner.invoke(app, ["queue", "import", str(good), "--dry-run", "--config", str(config)])
     assert "3 serials, ready to import" in dry.output
     assert (

@@ -33,7 +33,7 @@ asm_app = typer.Typer(
 WORK_LIST_HELP = "A file of serials: one per line, or a CSV with a serial column (stationd export writes one)."
 
 
-def _settings(config: Path | None) -> tuple[AsmSettings, Config]:
+def settings_or_exit(config: Path | None) -> tuple[AsmSettings, Config]:
     loaded = load_or_exit(config)
     table = loaded.plugins.settings.get("asm")
     if table is None:
@@ -48,7 +48,7 @@ def _settings(config: Path | None) -> tuple[AsmSettings, Config]:
 
 
 def _run(config: Path | None, work: Callable[[AsmSettings, AppleClient, Store], Awaitable[T]]) -> T:
-    settings, loaded = _settings(config)
+    settings, loaded = settings_or_exit(config)
 
     async def main() -> T:
         async with store_for(loaded) as store, settings.session(store) as client:

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from stationd.apple.worklist import SerialList
-from stationd.cli.asm import assign_and_show
+from stationd.cli.asm import assign_and_show, settings_or_exit
 from stationd.cli.common import CONFIG_OPTION_HELP, HELP_MARKUP, error_exit, load_or_exit
 from stationd.export import to_csv, to_json
 from stationd.files import write_private_file
@@ -84,7 +84,7 @@ def import_command(
     """
     if to is not None and not assign:
         error_exit("--to names the server for --assign: add --assign, or leave --to out")
-    loaded = load_or_exit(config)
+    loaded = settings_or_exit(config)[1] if assign else load_or_exit(config)  # no import when --assign cannot be done
     try:
         data = file.read_bytes()
     except OSError as error:
