@@ -2,8 +2,8 @@
 # Set up and run the whole test suite on a fresh machine: a virtual environment with stationd and its test extras,
 # Debian's Chromium for the dashboard's browser test and Debian's PostgreSQL server programs for the fleet tests
 # (installed when running as root; otherwise those tests are skipped with the reason; the tests start and stop
-# their own throw-away cluster, so no server is left running). Lint (ruff), format (ruff format --check) and types (mypy) are checked first; the
-# tests run only when they pass. Extra arguments go to pytest.
+# their own throw-away cluster, so no server is left running). Lint (ruff), format (ruff format --check) and types
+# (mypy) are checked first; the tests run only when they pass. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v chromium >/dev/null 2>&1; then
