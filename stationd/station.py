@@ -216,20 +216,23 @@ class Station:
         await self._announce(self.view.record(device, job), events)
 
     async def _announce(self, change: PortChange | None, events: list[EventRecord]) -> None:
-        """Publish what was recorded, with the port change it made and, when a cart is finished, batch.done."""
-        if change is not None:
-            events.append(
-                await self.store.add_event(
-                    "port.changed",
-                    station_id=self.station_id,
-                    udid=change.udid,
-                    data={"status": change.status, "previous": change.previous},
-                )
-            )
-            batch = self.view.batch_finished()
-            if batch is not None:
-                events.append(await self.store.add_event("batch.done", station_id=self.station_id, data=batch))
+        """Publish what was recorded, then the port change it made and, when a cart is finished, batch.done. What
+        was recorded goes out first: it is committed, and waiting for the port's own write would only delay it."""
         await self.publish(events)
+        if change is None:
+            return
+        following = [
+            await self.store.add_event(
+                "port.changed",
+                station_id=self.station_id,
+                udid=change.udid,
+                data={"status": change.status, "previous": change.previous},
+            )
+        ]
+        batch = self.view.batch_finished()
+        if batch is not None:
+            following.append(await self.store.add_event("batch.done", station_id=self.station_id, data=batch))
+        await self.publish(following)
 
     # -- operator actions -----------------------------------------------------------------------------------------
     async def retry(self, udid: str) -> bool:
