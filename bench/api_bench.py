@@ -57,10 +57,22 @@ def daemon(workdir: Path, info: dict[str, str], n: int) -> None:
         workdir, identity, devices=n, activation_url=info["activation"], mdm_url=info["mdm"], listen="127.0.0.1:0"
     )
 
+    lags: list[float] = []
+
+    async def watch_loop() -> None:  # how late the event loop wakes a task that sleeps 5 ms: how long it was busy
+        while True:
+            started = time.perf_counter()
+            await anyio.sleep(0.005)
+            lags.append(time.perf_counter() - started - 0.005)
+
     async def main() -> None:
         async with assemble(config, identity, usbmux_address=info["usbmux"], backoff=(0.2, 2.0)) as assembly:
             print(json.dumps({"url": assembly.dashboard_url}), flush=True)
-            await anyio.to_thread.run_sync(sys.stdin.read)
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(watch_loop)
+                await anyio.to_thread.run_sync(sys.stdin.read)
+                tasks.cancel_scope.cancel()
+        print(json.dumps({"lag_p50": percentile(lags, 50), "lag_p99": percentile(lags, 99)}), flush=True)
 
     anyio.run(main)
 
@@ -180,6 +192,8 @@ def main() -> None:
     cpu_before = _cpu_seconds(station.pid)
     figures = anyio.run(measure, url, args.readers, args.seconds)
     cpu = _cpu_seconds(station.pid) - cpu_before
+    station.stdin.close()  # type: ignore[union-attr]
+    lag = json.loads(station.stdout.readline())  # type: ignore[union-attr]
     for process in (station, emulator):
         process.stdin.close()  # type: ignore[union-attr]
         process.wait(timeout=60)
@@ -191,7 +205,8 @@ def main() -> None:
     start, end = figures["in_progress"]
     print(
         f"iPads in progress: {start} at the start of the window, {end} at its end; "
-        f"daemon CPU {cpu / args.seconds:.0%} of one core"
+        f"daemon CPU {cpu / args.seconds:.0%} of one core; its event loop woke a 5 ms sleep late by "
+        f"{lag['lag_p50'] * 1000:.1f} ms p50, {lag['lag_p99'] * 1000:.1f} ms p99"
     )
     print(f"{'endpoint':<28} {'requests':>9} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
     for path, values in figures["latencies"].items():
