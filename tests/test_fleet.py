@@ -11,7 +11,9 @@ One run covers the fleet's promises, each checked on the emulators (the iPads' o
   profiles say so), not by the iPad that was in progress when it was pushed;
 - PostgreSQL restarted mid-run: nothing lost, nothing applied twice (the trail against the emulators' requests);
 - `stationd fleet` lists the other stations within 5 s of their start, not the other fleet's, and drops station 3
-  once it is gone; a peer request without the fleet's secret is refused.
+  once it is gone; a peer request without the fleet's secret is refused;
+- the asm reporter of every station shares one outbox: the whole work list, finished at three stations, goes to
+  Apple School Manager in one activity (its window gathers all 30), each serial moved once.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import anyio
 import httpx
 import pytest
 from anyio.abc import Process
+from apple_fixture import fake_apple
 from daemon_logs import log_lines
 from pgcluster import Cluster
 
@@ -96,7 +99,15 @@ class Daemon:
 
 
 def station_config(
-    tmp: Path, index: int, emulator: Emulator, mdm_url: str, pg_url: str, *, ssid: str, file: str = "stationd.toml"
+    tmp: Path,
+    index: int,
+    emulator: Emulator,
+    mdm_url: str,
+    pg_url: str,
+    *,
+    ssid: str,
+    asm: str,
+    file: str = "stationd.toml",
 ) -> Path:
     folder = tmp / f"station-{index}"
     folder.mkdir(exist_ok=True)
@@ -151,7 +162,12 @@ heartbeat = 0.3
 
 [queue]
 unknown = "hold"
-"""
+
+[plugins]
+enabled = ["asm"]
+
+[plugins.asm]
+{asm}"""
     )
     config.chmod(0o600)
     return config
@@ -221,16 +237,26 @@ async def test_three_stations_share_one_work_queue(tmp_path: Path, postgres: Clu
     spare = Emulator([], socket_path=tmp_path / "mux-elsewhere", speed=SPEED)
     daemons: list[Daemon] = []
     try:
-        async with emulators[0], emulators[1], emulators[2], spare, anyio.create_task_group() as readers:
+        async with (
+            fake_apple(tmp_path) as apple,
+            emulators[0],
+            emulators[1],
+            emulators[2],
+            spare,
+            anyio.create_task_group() as readers,
+        ):
+            apple.api.add_devices([spec.serial for spec in specs])
+            asm = apple.toml(window=600, batch=len(specs))  # nothing is sent before the whole list is done
             for emulator in emulators:
                 for udid in late:
                     if udid in emulator.devices:
                         emulator.unplug(udid)
             configs = [
-                station_config(tmp_path, i + 1, emulators[i], mdm_one.url, pg_url, ssid="FleetNet-1") for i in range(3)
+                station_config(tmp_path, i + 1, emulators[i], mdm_one.url, pg_url, ssid="FleetNet-1", asm=asm)
+                for i in range(3)
             ]
             pusher = station_config(
-                tmp_path, 1, emulators[0], mdm_two.url, pg_url, ssid="FleetNet-2", file="blueprint-2.toml"
+                tmp_path, 1, emulators[0], mdm_two.url, pg_url, ssid="FleetNet-2", asm=asm, file="blueprint-2.toml"
             )
             serials = tmp_path / "serials.csv"
             serials.write_text("serial;group\n" + "".join(f"{spec.serial};cart\n" for spec in specs))
@@ -317,6 +343,13 @@ async def test_three_stations_share_one_work_queue(tmp_path: Path, postgres: Clu
                     if len(done) == len(specs):
                         break
                     await changed.wait()
+            with anyio.fail_after(60):
+                while True:  # the last station to queue a report claims the gathered batch: one activity
+                    changed = board.changed
+                    reported = [e for d in (one, two, three) for e in d.entries if e.get("event") == "report.done"]
+                    if len(reported) == len(specs):
+                        break
+                    await changed.wait()
             exported = json.loads(await cli(env, "queue", "export", "--format", "json", "--config", str(configs[1])))
             for daemon in (one, two, three, elsewhere):
                 daemon.process.send_signal(signal.SIGTERM)
@@ -373,3 +406,8 @@ async def test_three_stations_share_one_work_queue(tmp_path: Path, postgres: Clu
         assert settings(spec.udid) == second_blueprint, "the next iPads at stations 2 and 3 take the new blueprint"
     for spec in groups[2][: PER_STATION - LATE]:
         assert settings(spec.udid) == first_blueprint
+
+    assert apple.api.posts == 1, "one activity for the whole fleet's window"
+    [activity] = apple.api.activities.values()
+    assert sorted(activity.serials) == sorted(spec.serial for spec in specs)
+    assert {spec.serial: apple.api.moves.get(spec.serial) for spec in specs} == {spec.serial: 1 for spec in specs}
