@@ -378,25 +378,30 @@ class JournaledStore(Store):
     async def now(self) -> float:
         return await self._read("now") if self.unreachable_since is None else time.time()
 
+    async def _read_or_known(self, known: Any, op: str, *args: Any) -> Any:
+        """A read of the station's own records: what it knows while the database is away, also when this very read
+        is the first to find it gone (the iPad in progress carries on)."""
+        if self.unreachable_since is not None and known:
+            return known
+        try:
+            return await self._read(op, *args)
+        except StoreUnavailable:
+            if known:
+                return known
+            raise
+
     async def get_device(self, udid: str) -> DeviceRecord | None:
-        if self.unreachable_since is not None and udid in self._devices:
-            return self._devices[udid]
-        device: DeviceRecord | None = await self._read("get_device", udid)
+        device: DeviceRecord | None = await self._read_or_known(self._devices.get(udid), "get_device", udid)
         if device is not None:
             self._devices[udid] = device
         return device
 
     async def get_job(self, job_id: int) -> JobRecord | None:
-        if self.unreachable_since is not None and job_id in self._jobs:
-            return self._jobs[job_id]
-        return self._remember_job(await self._read("get_job", job_id))
+        return self._remember_job(await self._read_or_known(self._jobs.get(job_id), "get_job", job_id))
 
     async def jobs_for(self, udid: str) -> list[JobRecord]:
-        if self.unreachable_since is not None:
-            known = sorted((job for job in self._jobs.values() if job.udid == udid), key=lambda job: job.id)
-            if known:
-                return known
-        jobs: list[JobRecord] = await self._read("jobs_for", udid)
+        known = sorted((job for job in self._jobs.values() if job.udid == udid), key=lambda job: job.id)
+        jobs: list[JobRecord] = await self._read_or_known(known, "jobs_for", udid)
         for job in jobs:
             self._remember_job(job)
         return jobs
