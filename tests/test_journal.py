@@ -6,12 +6,18 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import anyio
 import pytest
 from pgcluster import Cluster
+from rig import ORG, make_rig
 from tcpproxy import Relay
 
+from stationd.config import EnrollmentConfig, StoreConfig
+from stationd.emulator import generated_spec
+from stationd.emulator.ipad import DepAssignment
+from stationd.events import EventBus
 from stationd.fleet.journal import JournaledStore, waiting_entries
-from stationd.store import StoreUnavailable, open_store
+from stationd.store import Assignment, StoreUnavailable, open_store
 
 pytestmark = pytest.mark.anyio
 
@@ -101,5 +107,71 @@ async def test_an_entry_the_database_refuses_on_delivery_is_kept_aside(postgres:
         with sqlite3.connect(journal) as db:
             [(reason,)] = db.execute("SELECT reason FROM refused").fetchall()
         assert "taken over by station cart-2" in reason
+    finally:
+        await relay.stop()
+
+
+async def test_a_read_that_first_meets_the_outage_answers_with_what_the_station_knows(
+    postgres: Cluster, tmp_path: Path
+) -> None:
+    """The first call after the network goes may be a read (the worker re-reads its job after an unplug or a hold):
+    for the station's own iPad it answers with what the station wrote last, instead of failing the iPad."""
+    database = postgres.create_database()
+    relay = await Relay(postgres.port).start()
+    through_relay = database.replace(f":{postgres.port}/", f":{relay.port}/")
+    try:
+        async with JournaledStore(open_store(through_relay, timeout=1), tmp_path / "journal.db", STATION) as store:
+            await store.upsert_device("UDID-1", serial="SER1", port_label="1", station_id=STATION)
+            job = await store.claim_job("UDID-1", STATION)
+            relay.cut()
+            assert await store.get_job(job.id) == job, "the first call after the cut"
+            assert store.health()["reachable"] is False
+            assert [j.id for j in await store.jobs_for("UDID-1")] == [job.id]
+            assert (await store.get_device("UDID-1")).serial == "SER1"
+            with pytest.raises(StoreUnavailable):
+                await store.get_job(job.id + 1000)
+    finally:
+        await relay.stop()
+
+
+async def test_an_ipad_whose_step_needs_the_database_during_an_outage_waits_and_goes_on(
+    postgres: Cluster, tmp_path: Path
+) -> None:
+    """DEP mode: the assignment step reads where Apple has the serial, which only the fleet's database knows. Cut off
+    just before it, the iPad is held ("fleet database unreachable"), not failed; back, it goes on from there."""
+    database = postgres.create_database()
+    spec = generated_spec(0, seed="outage")
+    relay = await Relay(postgres.port).start()
+    store_settings = StoreConfig(
+        url=database.replace(f":{postgres.port}/", f":{relay.port}/"),
+        lease=30,
+        timeout=1,
+        poll=0.2,
+        journal=tmp_path / "journal.db",
+    )
+    dep = EnrollmentConfig(mode="dep", hold_until_assigned=True)
+    try:
+        async with make_rig(tmp_path, [spec]) as rig, open_store(database) as direct:
+            await direct.record_assignments([Assignment(spec.serial, "assigned", "Lincoln MDM")])
+            rig.emulator.devices[spec.udid].spec.dep = DepAssignment(
+                ORG, supervisor_certificates=[rig.identity.certificate_der]
+            )
+            bus = EventBus()
+            seen: list[str] = []
+            with bus.subscribe() as events:
+                async with rig.station(bus, store=store_settings, enrollment=dep):
+                    with anyio.fail_after(60):
+                        async for event in events:
+                            if event.kind == "step.finished" and event.step == "identify":
+                                relay.cut()
+                            if event.kind == "step.held" and event.data.get("error_code") == "fleet_unreachable":
+                                seen.append("held")
+                                relay.restore()
+                            if event.kind in ("device.done", "step.failed"):
+                                seen.append(event.kind)
+                                break
+        assert seen[0] == "held" and seen[-1] == "device.done", seen  # held again if it looked before the delivery
+        assert set(seen) == {"held", "device.done"}
+        assert rig.device(spec.udid)["erase_count"] == 1
     finally:
         await relay.stop()

@@ -109,7 +109,7 @@ class JobLog:
                 recheck=min(30.0, busy.remaining + 0.5),
             ) from busy
         except StoreUnavailable as unavailable:
-            raise _unreachable("starts") from unavailable
+            raise unreachable("starts") from unavailable
 
     async def claim(self, udid: str, *, retry: bool = False, reason: str = "replugged") -> JobRecord:
         job = await self.store.claim_job(udid, self.station_id, retry=retry, reason=reason)
@@ -132,7 +132,7 @@ class JobLog:
         try:
             return await self.store.work_item(serial)
         except StoreUnavailable as unavailable:
-            raise _unreachable("reads the work list") from unavailable
+            raise unreachable("reads the work list") from unavailable
 
     async def finish(self, udid: str, job: JobRecord) -> None:
         """The job is done: `device.done`, then the iPad's report row as `device.reported` (reporters read it
@@ -193,7 +193,7 @@ class JobLog:
         try:
             value = await self.store.allocate_counter(counter)
         except StoreUnavailable as unavailable:
-            raise _unreachable("takes its number") from unavailable
+            raise unreachable("takes its number") from unavailable
         job = await self.transition(
             udid,
             job,
@@ -206,7 +206,8 @@ class JobLog:
         return value, job
 
 
-def _unreachable(what: str) -> FleetUnreachable:
+def unreachable(what: str) -> FleetUnreachable:
+    """The hold of an iPad whose next step needs the fleet's database while it cannot be reached."""
     return FleetUnreachable(
         f"The fleet database cannot be reached: this iPad waits, and {what} by itself when the database is back "
         "(iPads already in progress carry on).",

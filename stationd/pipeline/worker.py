@@ -22,11 +22,11 @@ import structlog
 from stationd.config import Config
 from stationd.device import DeviceFacts, DeviceSession, SessionOpener
 from stationd.errors import DeviceGone, EraseTimeout, Held, InternalError, StationError, StepTimeout
-from stationd.pipeline.joblog import JobLog
+from stationd.pipeline.joblog import JobLog, unreachable
 from stationd.pipeline.steps import STEP_FUNCTIONS, Outcome, erase_proven
 from stationd.pipeline.timing import Timing
 from stationd.states import DeviceState, JobStatus
-from stationd.store import JobRecord, LeaseLost
+from stationd.store import JobRecord, LeaseLost, StoreError, StoreUnavailable
 
 log = structlog.get_logger("stationd.pipeline")
 
@@ -144,6 +144,12 @@ class DeviceWorker:
                     await self.jobs.held(self.udid, held)
                     self.log.info("device.held", reason=held.code)
                     self.recheck, self.held, result = held.recheck, held.code, "held"
+                except StoreUnavailable as away:  # the fleet's database went away mid-job: resume once it is back
+                    waits = unreachable("goes on from its last completed step")
+                    self.log.warning("device.store_unavailable", error=str(away))
+                    with contextlib.suppress(StoreError):
+                        await self.jobs.held(self.udid, waits)
+                    self.recheck, self.held, result = waits.recheck, waits.code, "held"
                 except LeaseLost as lost:  # another station took the iPad over: nothing more to do here
                     self.log.warning("job.lease_lost", reason=str(lost))
                     result = "idle"
@@ -236,7 +242,7 @@ class DeviceWorker:
                 if isinstance(e, DeviceGone):
                     raise
                 error, self.held_step = e, None
-            except LeaseLost:
+            except (LeaseLost, StoreUnavailable):  # not the iPad's failure: the worker's loop deals with them
                 raise
             except Exception as e:  # the failure boundary of one iPad; cancellation is a BaseException
                 self.log.exception("step.crashed", step=self.running_step)
