@@ -209,6 +209,18 @@ async def fleet_listing(env: dict[str, str], config: Path, browse: float) -> dic
     return {row["id"]: row for row in rows}
 
 
+def stuck(udids: set[str], daemons: tuple[Daemon, ...]) -> str:
+    """What each unfinished iPad's last log lines say, at every station: for a failure's message."""
+    keys = ("event", "step", "reason", "error_code", "error", "level")
+    lines = []
+    for udid in sorted(udids):
+        lines.append(f"{udid} is not done:")
+        for daemon in daemons:
+            for entry in [e for e in daemon.entries if e.get("udid") == udid][-6:]:
+                lines.append(f"  {daemon.name}: " + ", ".join(f"{k}={entry[k]}" for k in keys if k in entry))
+    return "\n".join(lines)
+
+
 def wifi_id(ssid: str) -> str:
     return profile_identifier(wifi_profile(ssid, "WPA2", "fleet-wifi-password", True, False))
 
@@ -336,13 +348,14 @@ async def test_three_stations_share_one_work_queue(tmp_path: Path, postgres: Clu
             await anyio.to_thread.run_sync(postgres.restart)
 
             done: set[str] = set()
-            with anyio.fail_after(120):
+            with anyio.move_on_after(120):
                 while True:
                     changed = board.changed
                     done = {e["udid"] for d in (one, two, three) for e in d.entries if e.get("event") == "device.done"}
                     if len(done) == len(specs):
                         break
                     await changed.wait()
+            assert len(done) == len(specs), stuck({s.udid for s in specs} - done, (one, two, three))
             with anyio.fail_after(60):
                 while True:  # the last station to queue a report claims the gathered batch: one activity
                     changed = board.changed
