@@ -798,7 +798,7 @@ class PostgresStore(PostgresOutbox, Store):
                             return await body(conn)
                 except PoolTimeout as error:
                     raise StoreUnavailable(self._unreachable(error)) from error
-                except psycopg.OperationalError as error:
+                except (psycopg.OperationalError, psycopg.InterfaceError) as error:  # the connection, not the SQL
                     if write or attempt == 2:
                         raise StoreUnavailable(self._unreachable(error)) from error
                 except psycopg.Error as error:
