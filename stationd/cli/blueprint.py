@@ -6,15 +6,13 @@ import datetime
 from pathlib import Path
 from typing import Any
 
-import anyio
 import typer
 
-from stationd.cli.common import CONFIG_OPTION_HELP, HELP_MARKUP, error_exit, load_or_exit
+from stationd.cli.common import CONFIG_OPTION_HELP, HELP_MARKUP, error_exit, load_or_exit, with_store
 from stationd.config import Config
 from stationd.errors import ConfigurationError
 from stationd.fleet import blueprint
-from stationd.fleet.storage import fleet_secret, store_for
-from stationd.store import StoreError
+from stationd.fleet.storage import fleet_secret
 
 blueprint_app = typer.Typer(
     rich_markup_mode=HELP_MARKUP,
@@ -124,15 +122,7 @@ def _one(loaded: Config, name: str, version: int | None) -> Any:
 def _run(loaded: Config, action: Any) -> Any:
     if not loaded.store.shared:
         error_exit("blueprints live in the fleet's database: set [store] url to the fleet's PostgreSQL URL")
-
-    async def run() -> Any:
-        async with store_for(loaded) as store:
-            return await action(store)
-
-    try:
-        return anyio.run(run)
-    except StoreError as error:
-        error_exit(str(error))
+    return with_store(loaded, action)
 
 
 def _when(ts: float) -> str:

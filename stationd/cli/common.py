@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Literal, NoReturn
+from typing import Literal, NoReturn, TypeVar
 
+import anyio
 import typer
 
 from stationd.config import Config, ConfigError, default_config_path, load_config
+from stationd.fleet.storage import store_for
+from stationd.store import Store, StoreError
+
+T = TypeVar("T")
 
 # Help texts are read as Markdown: a paragraph is reflowed to the terminal's width (rich's own markup would keep the
 # docstrings' line breaks and take "[plugins.asm]" or "[queue] unknown" for style tags and drop them).
@@ -19,6 +25,20 @@ def error_exit(message: str) -> NoReturn:
     """Print a one-line error for the technician and exit with code 2."""
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(2)
+
+
+def with_store(loaded: Config, action: Callable[[Store], Awaitable[T]]) -> T:
+    """`action` on the configured store (the station's file or the fleet's database); a store error exits 2 with
+    its message."""
+
+    async def run() -> T:
+        async with store_for(loaded) as store:
+            return await action(store)
+
+    try:
+        return anyio.run(run)
+    except StoreError as error:
+        error_exit(str(error))
 
 
 def load_or_exit(path: Path | None) -> Config:

@@ -111,7 +111,7 @@ async def inspect_ipad(
 
 async def _known(config: Config) -> dict[str, Any]:
     """The station's (or its fleet's) device records by UDID ({} before the station has run)."""
-    if config.store.url is None and not await anyio.Path(config.station.database).exists():
+    if not config.store.shared and not await anyio.Path(config.station.database).exists():
         return {}
     async with store_for(config) as store:
         return {device.udid: device for device in await store.list_devices()}

@@ -5,19 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import anyio
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from stationd.apple.worklist import SerialList
 from stationd.cli.asm import assign_and_show, settings_or_exit
-from stationd.cli.common import CONFIG_OPTION_HELP, HELP_MARKUP, error_exit, load_or_exit
+from stationd.cli.common import CONFIG_OPTION_HELP, HELP_MARKUP, error_exit, load_or_exit, with_store
 from stationd.export import to_csv, to_json
 from stationd.files import write_private_file
 from stationd.fleet import worklist
-from stationd.fleet.storage import store_for
-from stationd.store import StoreError
 
 queue_app = typer.Typer(
     rich_markup_mode=HELP_MARKUP,
@@ -39,7 +36,7 @@ def queue_command(
     if context.invoked_subcommand is not None:
         return
     loaded = load_or_exit(config)
-    entries, unlisted = _read(loaded, worklist.progress)
+    entries, unlisted = with_store(loaded, worklist.progress)
     totals = worklist.counts(entries)
     if as_json:
         typer.echo(to_json([{"listed": len(entries), **totals, "not on the list": unlisted}]), nl=False)
@@ -101,7 +98,7 @@ def import_command(
     async def run(store: Any) -> tuple[int, int]:
         return await store.import_worklist(items)
 
-    added, updated = _read(loaded, run)
+    added, updated = with_store(loaded, run)
     typer.echo(f"imported {file}: {added} serials added, {updated} updated")
     if assign and assign_and_show(config, SerialList([item.serial for item in items]), to):
         raise typer.Exit(1)
@@ -120,7 +117,7 @@ def export_command(
     if fmt not in ("csv", "json"):
         error_exit(f"--format must be csv or json, not {fmt!r}")
     loaded = load_or_exit(config)
-    entries, _ = _read(loaded, worklist.progress)
+    entries, _ = with_store(loaded, worklist.progress)
     rows = worklist.export_rows(entries)
     text = to_csv(rows, worklist.EXPORT_FIELDS) if fmt == "csv" else to_json(rows)
     if output is None:
@@ -131,14 +128,3 @@ def export_command(
     except OSError as error:
         error_exit(f"cannot write {output}: {error.strerror}")
     typer.echo(f"wrote {output}: {len(rows)} serials (readable by you only)")
-
-
-def _read(loaded: Any, action: Any) -> Any:
-    async def run() -> Any:
-        async with store_for(loaded) as store:
-            return await action(store)
-
-    try:
-        return anyio.run(run)
-    except StoreError as error:
-        error_exit(str(error))

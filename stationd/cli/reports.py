@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import anyio
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from stationd.cli.common import CONFIG_OPTION_HELP, error_exit, load_or_exit
-from stationd.fleet.storage import store_for
-from stationd.store import Delivery, StoreError
+from stationd.cli.common import CONFIG_OPTION_HELP, error_exit, load_or_exit, with_store
+from stationd.store import Delivery, Store
 
 
 def reports_command(
@@ -32,21 +30,17 @@ def reports_command(
     loaded = load_or_exit(config)
     if status is not None and status not in ("pending", "done", "failed"):
         error_exit(f"--status must be pending, done or failed, not {status!r}")
-    if loaded.store.url is None and not Path(loaded.station.database).exists():
+    if not loaded.store.shared and not Path(loaded.station.database).exists():
         error_exit(f"no database at {loaded.station.database}: the station has not run yet")
 
-    async def read() -> tuple[list[Delivery], int]:
-        async with store_for(loaded) as store:
-            again = 0
-            if retry:
-                requeued, _ = await store.requeue_deliveries(station_id=loaded.station.id, reporter=reporter)
-                again = len(requeued)
-            return await store.list_deliveries(reporter=reporter, status=status), again
+    async def read(store: Store) -> tuple[list[Delivery], int]:
+        again = 0
+        if retry:
+            requeued, _ = await store.requeue_deliveries(station_id=loaded.station.id, reporter=reporter)
+            again = len(requeued)
+        return await store.list_deliveries(reporter=reporter, status=status), again
 
-    try:
-        deliveries, again = anyio.run(read)
-    except StoreError as error:
-        error_exit(str(error))
+    deliveries, again = with_store(loaded, read)
     if as_json:
         rows = [
             {"serial": d.serial, "udid": d.udid, "reporter": d.reporter, "key": d.key, **d.summary()}
