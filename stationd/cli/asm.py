@@ -47,8 +47,8 @@ def settings_or_exit(config: Path | None) -> tuple[AsmSettings, Config]:
         error_exit(str(error))
 
 
-def _run(config: Path | None, work: Callable[[AsmSettings, AppleClient, Store], Awaitable[T]]) -> T:
-    settings, loaded = settings_or_exit(config)
+def _run(read: tuple[AsmSettings, Config], work: Callable[[AsmSettings, AppleClient, Store], Awaitable[T]]) -> T:
+    settings, loaded = read
 
     async def main() -> T:
         async with store_for(loaded) as store, settings.session(store) as client:
@@ -79,7 +79,7 @@ def servers_command(config: Path | None = typer.Option(None, "--config", help=CO
             table.add_row(server.name, server.id, "Apple Configurator" if server.configurator else server.type)
         Console().print(table)
 
-    _run(config, work)
+    _run(settings_or_exit(config), work)
 
 
 @asm_app.command("check")
@@ -109,7 +109,7 @@ def check_command(
         Console().print(table)
         return missing
 
-    if _run(config, work):
+    if _run(settings_or_exit(config), work):
         raise typer.Exit(1)
 
 
@@ -127,11 +127,12 @@ def assign_command(
 
     Example: stationd asm assign --work-list cart-12.txt --to "Lincoln Jamf"
     """
-    if assign_and_show(config, _source(serials or [], work_list), to):
+    source = _source(serials or [], work_list)
+    if assign_and_show(settings_or_exit(config), source, to):
         raise typer.Exit(1)
 
 
-def assign_and_show(config: Path | None, source: SerialSource, to: str | None) -> int:
+def assign_and_show(read: tuple[AsmSettings, Config], source: SerialSource, to: str | None) -> int:
     """Assign `source`'s serials (to `to`, or the server of [plugins.asm]), show each verdict; how many did not move.
     `stationd asm assign` and `stationd queue import --assign` both do it."""
 
@@ -150,7 +151,7 @@ def assign_and_show(config: Path | None, source: SerialSource, to: str | None) -
         typer.echo(f"{moved} of {len(verdicts)} serials assigned to {to or settings.server}")
         return len(verdicts) - moved
 
-    return _run(config, work)
+    return _run(read, work)
 
 
 async def _patiently(call: Callable[..., Awaitable[T]], *args: Any) -> T:

@@ -81,7 +81,8 @@ def import_command(
     """
     if to is not None and not assign:
         error_exit("--to names the server for --assign: add --assign, or leave --to out")
-    loaded = settings_or_exit(config)[1] if assign else load_or_exit(config)  # no import when --assign cannot be done
+    asm = settings_or_exit(config) if assign else None  # nothing is imported when --assign cannot be done
+    loaded = asm[1] if asm is not None else load_or_exit(config)
     try:
         data = file.read_bytes()
     except OSError as error:
@@ -100,7 +101,7 @@ def import_command(
 
     added, updated = with_store(loaded, run)
     typer.echo(f"imported {file}: {added} serials added, {updated} updated")
-    if assign and assign_and_show(config, SerialList([item.serial for item in items]), to):
+    if asm is not None and assign_and_show(asm, SerialList([item.serial for item in items]), to):
         raise typer.Exit(1)
 
 
