@@ -140,16 +140,16 @@ class DeviceWorker:
                 try:
                     job = await self.jobs.job_for(self.udid)
                     result = "idle" if job is None else await self._attempt(job)
-                except Held as held:  # before any job is this station's: busy elsewhere, fleet unreachable
-                    await self.jobs.held(self.udid, held)
+                except (Held, StoreUnavailable) as waiting:
+                    # Before any job is this station's (busy elsewhere, fleet unreachable), or the fleet's database
+                    # went away mid-job: it goes on from its last completed step once it is back.
+                    if isinstance(waiting, StoreUnavailable):
+                        self.log.warning("device.store_unavailable", error=str(waiting))
+                    held = waiting if isinstance(waiting, Held) else unreachable("goes on from its last completed step")
                     self.log.info("device.held", reason=held.code)
+                    with contextlib.suppress(StoreError):  # its port shows why when it can; it waits either way
+                        await self.jobs.held(self.udid, held)
                     self.recheck, self.held, result = held.recheck, held.code, "held"
-                except StoreUnavailable as away:  # the fleet's database went away mid-job: resume once it is back
-                    waits = unreachable("goes on from its last completed step")
-                    self.log.warning("device.store_unavailable", error=str(away))
-                    with contextlib.suppress(StoreError):
-                        await self.jobs.held(self.udid, waits)
-                    self.recheck, self.held, result = waits.recheck, waits.code, "held"
                 except LeaseLost as lost:  # another station took the iPad over: nothing more to do here
                     self.log.warning("job.lease_lost", reason=str(lost))
                     result = "idle"
