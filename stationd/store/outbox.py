@@ -8,6 +8,7 @@ as the Apple activity a serial was sent in) survive a restart, so a delivery res
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -105,4 +106,15 @@ class Assignment:
 
 
 ASSIGNMENT_STATUSES = ("assigned", "pending", "wanted", "failed", "unknown")
+
+
+def checked_assignments(assignments: Iterable[Assignment]) -> list[Assignment]:
+    """The assignments to record, each with a known status (ValueError otherwise)."""
+    given = list(assignments)
+    for assignment in given:
+        if assignment.status not in ASSIGNMENT_STATUSES:
+            raise ValueError(f"assignment status must be one of {', '.join(ASSIGNMENT_STATUSES)}")
+    return given
+
+
 ASSIGNMENT_COLUMNS = ("serial", "status", "server", "message", "activity", "checked_at")

@@ -16,12 +16,12 @@ from psycopg.types.json import Jsonb
 
 from stationd.store.base import Outbox, StoreError, deep_merge
 from stationd.store.outbox import (
-    ASSIGNMENT_STATUSES,
     Assignment,
     Delivery,
     DeliveryStatus,
     Outcome,
     Settlement,
+    checked_assignments,
     delivery_key,
 )
 from stationd.store.pgsql import NOW, Conn, fetch_all, fetch_value
@@ -314,19 +314,16 @@ class PostgresOutbox(Outbox):
         )
 
     async def record_assignments(self, assignments: Iterable[Assignment]) -> None:
-        given = list(assignments)
-        for assignment in given:
-            if assignment.status not in ASSIGNMENT_STATUSES:
-                raise ValueError(f"assignment status must be one of {', '.join(ASSIGNMENT_STATUSES)}")
+        given = checked_assignments(assignments)
 
         async def body(conn: Conn) -> None:
-            for a in given:
-                await conn.execute(
+            async with conn.cursor() as cursor:  # one batch for a whole activity's serials, not a round trip each
+                await cursor.executemany(
                     "INSERT INTO apple_assignments (serial, status, server, message, activity, checked_at)"
                     f" VALUES (%s, %s, %s, %s, %s, COALESCE(%s, {NOW})) ON CONFLICT (serial) DO UPDATE SET"
                     " status = excluded.status, server = excluded.server, message = excluded.message,"
                     " activity = excluded.activity, checked_at = excluded.checked_at",
-                    (a.serial, a.status, a.server, a.message, a.activity, a.checked_at or None),
+                    [(a.serial, a.status, a.server, a.message, a.activity, a.checked_at or None) for a in given],
                 )
 
         await self._atomic(body)

@@ -15,12 +15,12 @@ import aiosqlite
 
 from stationd.store.base import Outbox, StoreError, deep_merge
 from stationd.store.outbox import (
-    ASSIGNMENT_STATUSES,
     Assignment,
     Delivery,
     DeliveryStatus,
     Outcome,
     Settlement,
+    checked_assignments,
     delivery_key,
 )
 from stationd.store.records import EventRecord
@@ -324,10 +324,7 @@ class SQLiteOutbox(Outbox):
         )
 
     async def record_assignments(self, assignments: Iterable[Assignment]) -> None:
-        given = list(assignments)
-        for assignment in given:
-            if assignment.status not in ASSIGNMENT_STATUSES:
-                raise ValueError(f"assignment status must be one of {', '.join(ASSIGNMENT_STATUSES)}")
+        given = checked_assignments(assignments)
 
         async def body(db: aiosqlite.Connection) -> None:
             now = self._clock()
